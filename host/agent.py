@@ -1,0 +1,162 @@
+"""The agent: wires the parts together and owns every long-lived greenlet.
+
+Start-up: load the job table, (with -force) clear what a previous instance left, then follow the
+runtime's events (which reconciles the table with the containers on every (re)connect).
+Stopping the agent never stops jobs: it closes the API, ends its greenlets and closes the store.
+A long-lived service that dies unexpectedly is logged and brings the whole agent down, loudly,
+rather than leaving it half-alive.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import uuid
+from typing import Optional
+
+import gevent
+import gevent.event
+import gevent.pool
+
+import host
+from host.clock import Clock
+from host.config import Config
+from host.errors import FlynnError
+from host.ports import PortAllocator
+from host.runtime import Runtime
+from host.state import JobTable
+from host.store import Store
+from host.supervisor import JobSupervisor
+from host.types import HostResources, id_problem
+
+log = logging.getLogger(__name__)
+
+
+class AgentCrashed(BaseException):
+    """A long-lived service died; a BaseException so no application code swallows it."""
+
+
+def load_or_create_host_id(state_dir: str) -> str:
+    """The id kept in the state dir, or a new one derived from the hostname (kept from then on,
+    so renaming the machine does not turn it into a different host)."""
+    path = os.path.join(state_dir, "host-id")
+    try:
+        with open(path) as f:
+            kept = f.read().strip()
+        if not id_problem(kept):
+            return kept
+    except FileNotFoundError:
+        pass
+    derived = re.sub(r"[^A-Za-z0-9_.-]", "", socket.gethostname())[:128]
+    if id_problem(derived):
+        derived = uuid.uuid4().hex
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(derived + "\n")
+    os.replace(tmp, path)
+    return derived
+
+
+class Agent:
+    #: background tasks (job starts, stops, pruning) that may run at once
+    task_concurrency = 64
+
+    def __init__(self, config: Config, runtime: Runtime, clock: Optional[Clock] = None):
+        self.config = config
+        self.runtime = runtime
+        self.clock = clock or Clock()
+        os.makedirs(config.state_dir, exist_ok=True)
+        self.host_id = config.id or load_or_create_host_id(config.state_dir)
+        self.store = Store.in_dir(config.state_dir, config.event_buffer)
+        self.table = JobTable.load(self.host_id, self.store, self.clock, config.event_buffer)
+        self.ports = PortAllocator(config.ports[0], config.ports[1], config.bind)
+        self.capacity = HostResources(memory_mb=config.memory_mb, cpu_shares=config.cpu_shares)
+        self.tasks = gevent.pool.Pool(self.task_concurrency)
+        self.services: dict = {}
+        self.crashed = gevent.event.AsyncResult()
+        self.supervisor = JobSupervisor(
+            host_id=self.host_id, external_ip=config.external, bind_ip=config.bind,
+            capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
+            table=self.table, ports=self.ports, clock=self.clock, spawn=self.spawn_task)
+        self.started_at = self.clock.now_text()
+
+    # ---- greenlets ------------------------------------------------------------------------
+
+    def start(self):
+        """Start the background services (not the HTTP server)."""
+        log.info("host %s starting (addr %s, state dir %s, %d jobs in the table)", self.host_id,
+                 self.config.addr, self.config.state_dir, len(self.table.list()))
+        if self.config.force:
+            self.supervisor.kill_leftovers()  # Unavailable propagates: -force needs Docker
+        self.start_service("docker-events", self.supervisor.follow_runtime_events)
+
+    def start_service(self, name: str, run):
+        greenlet = gevent.spawn(run)
+        greenlet.name = name
+        greenlet.link_exception(self._service_died)
+        self.services[name] = greenlet
+
+    def _service_died(self, greenlet):
+        log.critical("service %s died: %r; stopping the agent", greenlet.name, greenlet.exception)
+        self.crashed.set(greenlet.exception)
+
+    def spawn_task(self, run, *args):
+        """A short background task. A bug in one is logged with its traceback; the agent goes on."""
+        def task():
+            try:
+                run(*args)
+            except FlynnError as e:
+                log.warning("task %s: %s", getattr(run, "__name__", run), e)
+            except Exception:
+                log.exception("task %s%r failed", getattr(run, "__name__", run), args)
+        return self.tasks.spawn(task)
+
+    def stop(self):
+        """Stop our greenlets and close the store. Jobs keep running."""
+        for greenlet in self.services.values():
+            greenlet.unlink(self._service_died)
+        gevent.killall(list(self.services.values()), timeout=5)
+        self.tasks.kill(timeout=5)
+        self.store.close()
+        log.info("host %s stopped; its jobs keep running", self.host_id)
+
+    # ---- what the API asks --------------------------------------------------------------
+
+    def status(self) -> dict:
+        try:
+            self.runtime.ping()
+            docker_state = "ok"
+        except FlynnError as e:
+            docker_state = f"unavailable: {e}"
+        allocated = self.table.allocated()
+        return {
+            "id": self.host_id,
+            "addr": self.config.addr,
+            "version": host.__version__,
+            "leader": None,          # the cluster issue fills these in
+            "is_leader": False,
+            "docker": docker_state,
+            "etcd": "disabled",
+            "jobs": self.table.counts(),
+            "attributes": self.config.attributes,
+            "resources": self.capacity.to_dict(),
+            "allocated": allocated.to_dict(),
+            "started_at": self.started_at,
+            "events_cursor": self.table.events.last_cursor,
+        }
+
+    def wait_for_container(self, job_id: str, timeout_s: float = 3600.0):
+        """The job once it has a container or has ended (for a followed log of a job that is
+        still being created)."""
+        deadline = self.clock.monotonic() + timeout_s
+        cursor = self.table.events.last_cursor
+        job = self.table.get(job_id)
+        while not job.container_id and not job.is_final:
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                break
+            _, cursor = self.table.events.wait(cursor, min(remaining, 15.0),
+                                               lambda e: e.job_id == job_id)
+            job = self.table.get(job_id)
+        return job

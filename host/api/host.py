@@ -1,0 +1,140 @@
+"""The host API (docs/API.md, "Host API"): this agent's own jobs, their logs, and its events."""
+from __future__ import annotations
+
+import signal as signals
+
+import bottle
+import simplejson
+
+from host import errors
+from host.api.http import (JSON_TYPE, bool_param, choice_param, float_param, int_param, json_body,
+                           read_json)
+from host.errors import ValidationError
+from host.jobspec import parse_job
+from host.runtime import STDERR, STDOUT
+from host.types import ALL_STATES, id_problem
+
+#: seconds between keep-alive blank lines on a streamed event response
+STREAM_KEEPALIVE_S = 15.0
+#: longest a long-poll may wait, seconds
+MAX_WAIT_S = 60.0
+#: longest a stop may wait before SIGKILL, seconds
+MAX_STOP_TIMEOUT_S = 3600.0
+
+
+def install(app: bottle.Bottle, agent):
+    table = agent.table
+    supervisor = agent.supervisor
+
+    def checked_id(job_id: str) -> str:
+        problem = id_problem(job_id)
+        if problem:
+            raise ValidationError(f"job id: {problem}")
+        return job_id
+
+    @app.get("/host/status")
+    def status():
+        return json_body(agent.status())
+
+    @app.get("/host/jobs")
+    def list_jobs():
+        wanted = choice_param("status", ALL_STATES)
+        return json_body([j.to_dict() for j in table.list(wanted)])
+
+    @app.get("/host/jobs/<job_id>")
+    def get_job(job_id):
+        return json_body(table.get(job_id).to_dict())
+
+    @app.delete("/host/jobs/<job_id>")
+    def stop_job(job_id):
+        timeout = float_param("timeout", 10.0, 0, MAX_STOP_TIMEOUT_S)
+        job, already_final = supervisor.stop(job_id, timeout)
+        return json_body(job.to_dict(), status=200 if already_final else 202)
+
+    @app.post("/host/jobs/<job_id>/signal")
+    def signal_job(job_id):
+        body = read_json(agent.config.max_body_bytes)
+        if not isinstance(body, dict) or set(body) != {"signal"}:
+            raise ValidationError('body: must be {"signal": NAME or NUMBER}')
+        job = supervisor.signal(job_id, parse_signal(body["signal"]))
+        return json_body(job.to_dict(), status=202)
+
+    @app.get("/host/jobs/<job_id>/log")
+    def job_log(job_id):
+        job = table.get(job_id)
+        follow = bool_param("follow")
+        tail = int_param("tail", None, 0, 1 << 31)
+        which = choice_param("stream", ("stdout", "stderr"))
+        if follow:
+            job = agent.wait_for_container(job_id)
+        if not job.container_id:
+            return bottle.HTTPResponse(b"", headers={"Content-Type": "text/plain"})
+        chunks = agent.runtime.logs(job.container_id, stdout=which in (None, "stdout"),
+                                    stderr=which in (None, "stderr"), follow=follow, tail=tail,
+                                    tty=job.job.config.tty)
+
+        def body():
+            try:
+                for stream, data in chunks:
+                    if stream in (STDOUT, STDERR):
+                        yield data
+            except errors.FlynnError:
+                return  # the engine went away mid-stream; the client sees the output end
+            finally:
+                chunks.close()
+        return bottle.HTTPResponse(body(), headers={"Content-Type": "text/plain",
+                                                    "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/host/events")
+    def events():
+        log = table.events
+        since = int_param("since", None, 0, 1 << 62)
+        wait = float_param("wait", 0.0, 0, MAX_WAIT_S)
+        job_filter = bottle.request.query.get("job_id") or None
+        match = (lambda e: e.job_id == job_filter) if job_filter else None
+        since = log.last_cursor if since is None else since
+        log.check_cursor(since)
+        if bool_param("stream"):
+            return bottle.HTTPResponse(_event_stream(log, since, match),
+                                       headers={"Content-Type": "application/x-ndjson"})
+        found, cursor = log.wait(since, wait, match)
+        text = '{"events": [%s], "cursor": %d}' % (",".join(j for _, j in found), cursor)
+        return bottle.HTTPResponse(text, headers={"Content-Type": JSON_TYPE})
+
+    # an id with a slash never reaches the routes above; name the problem instead of "no route"
+    @app.put("/host/jobs/<job_id:path>")
+    def put_job(job_id):
+        job = parse_job(read_json(agent.config.max_body_bytes), checked_id(job_id))
+        active, created = supervisor.submit(job)
+        return json_body(active.to_dict(), status=202 if created else 200)
+
+
+def _event_stream(log, since: int, match):
+    """Newline-delimited events, a blank line every STREAM_KEEPALIVE_S when idle. A consumer so
+    slow that its cursor leaves the retained window gets a last line with the error."""
+    cursor = since
+    while True:
+        try:
+            found, cursor = log.wait(cursor, STREAM_KEEPALIVE_S, match)
+        except errors.CursorExpired as e:
+            yield (simplejson.dumps({"error": e.to_dict()}) + "\n").encode()
+            return
+        yield ("".join(j + "\n" for _, j in found) or "\n").encode()
+
+
+def parse_signal(value) -> str:
+    """A signal name ("HUP", "SIGHUP") or number, checked against this system's signals."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return signals.Signals(value).name
+        except ValueError:
+            raise ValidationError(f"signal: unknown signal number {value}") from None
+    if isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if name in signals.Signals.__members__:
+            return name
+        if value.strip().isdigit():
+            return parse_signal(int(value))
+        raise ValidationError(f"signal: unknown signal {value!r}")
+    raise ValidationError("signal: must be a name such as \"HUP\" or a number")

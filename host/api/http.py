@@ -1,0 +1,132 @@
+"""JSON in and out for Bottle routes: one error shape everywhere, bounded bodies, typed query
+parameters that fail with a message naming the parameter."""
+from __future__ import annotations
+
+import logging
+
+import bottle
+import simplejson
+
+from host.errors import FlynnError, InternalError, TooLarge, ValidationError
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+def json_body(obj, status: int = 200) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(simplejson.dumps(obj), status=status,
+                               headers={"Content-Type": JSON_TYPE})
+
+
+def error_body(error: FlynnError) -> bottle.HTTPResponse:
+    return json_body(error.to_dict(), status=error.status)
+
+
+def json_errors(callback):
+    """Bottle plugin: a FlynnError becomes its JSON error; anything else is a bug, logged with
+    its traceback and answered as internal_error without one."""
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except bottle.HTTPResponse:
+            raise
+        except FlynnError as e:
+            return error_body(e)
+        except Exception:
+            log.exception("unhandled error serving %s %s", bottle.request.method,
+                          bottle.request.path)
+            return error_body(InternalError("internal error (logged by the agent)"))
+    return wrapper
+
+
+#: what the router's own errors (no route, wrong method, ...) are called in our error shape
+ROUTER_ERRORS = {400: "validation_error", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large", 500: "internal_error"}
+
+
+def router_error(res: bottle.HTTPError) -> str:
+    """Bottle's default_error_handler replacement: errors Bottle raises itself, as JSON."""
+    code = ROUTER_ERRORS.get(res.status_code, "internal_error" if res.status_code >= 500
+                             else "validation_error")
+    if res.status_code == 404:
+        message = f"no route {bottle.request.method} {bottle.request.path}"
+    elif res.status_code == 405:
+        message = (f"method {bottle.request.method} not allowed on {bottle.request.path}; "
+                   f"allowed: {res.headers.get('Allow', '')}")
+    elif res.status_code >= 500:
+        message = "internal error (logged by the agent)"
+    else:
+        message = str(res.body)
+    bottle.response.content_type = JSON_TYPE
+    return simplejson.dumps({"code": code, "message": message, "retry": False})
+
+
+def read_json(max_bytes: int):
+    """The request body decoded as JSON. TooLarge over max_bytes (checked before reading when
+    Content-Length says so, and while reading a chunked body)."""
+    length = bottle.request.content_length
+    if length > max_bytes:
+        raise TooLarge(f"body: {length} bytes is over the limit of {max_bytes}")
+    stream = bottle.request.environ["wsgi.input"]
+    data = stream.read(length if length >= 0 else max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"body: over the limit of {max_bytes} bytes")
+    if not data.strip():
+        raise ValidationError("body: required (a JSON object)")
+    try:
+        return simplejson.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValidationError(f"body: not valid JSON: {e}") from None
+
+
+# ---- query parameters -------------------------------------------------------------------------
+
+def _raw(name: str):
+    value = bottle.request.query.get(name)
+    return None if value is None or value == "" else value
+
+
+def int_param(name: str, default, low: int, high: int):
+    raw = _raw(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name}: {raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ValidationError(f"{name}: must be from {low} to {high}, got {value}")
+    return value
+
+
+def float_param(name: str, default, low: float, high: float):
+    raw = _raw(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"{name}: {raw!r} is not a number") from None
+    if not low <= value <= high:  # also rejects nan
+        raise ValidationError(f"{name}: must be from {low:g} to {high:g}, got {raw}")
+    return value
+
+
+def bool_param(name: str) -> bool:
+    raw = _raw(name)
+    if raw is None:
+        return False
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise ValidationError(f"{name}: {raw!r} is not true or false")
+
+
+def choice_param(name: str, choices: tuple):
+    raw = _raw(name)
+    if raw is not None and raw not in choices:
+        raise ValidationError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+    return raw

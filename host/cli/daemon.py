@@ -1,0 +1,66 @@
+"""`flynn-host [flags]`: run the host daemon in the foreground until SIGTERM or SIGINT."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import gevent
+import gevent.event
+from gevent.pywsgi import WSGIServer
+
+from host.agent import Agent
+from host.api import create_app
+from host.config import ConfigError, HelpRequested, load_config, usage
+from host.errors import FlynnError
+from host.logsetup import configure_logging
+from host.runtime.docker import DockerRuntime
+
+log = logging.getLogger("host.daemon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def run(argv: list, environ=None) -> int:
+    try:
+        config = load_config(argv, os.environ if environ is None else environ)
+    except HelpRequested:
+        print(usage())
+        return EXIT_OK
+    except ConfigError as e:
+        print(f"flynn-host: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(config.log_level)
+
+    try:
+        agent = Agent(config, DockerRuntime())
+        agent.start()
+    except (FlynnError, OSError) as e:
+        print(f"flynn-host: cannot start: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    host, port = config.listen
+    server = WSGIServer((host, port), create_app(agent), log=logging.getLogger("host.access"),
+                        error_log=logging.getLogger("host.wsgi"))
+    try:
+        server.start()
+    except OSError as e:
+        print(f"flynn-host: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        agent.stop()
+        return EXIT_FAILURE
+
+    stop_requested = gevent.event.Event()
+    # signal handlers do one thing: ask for the stop
+    gevent.signal_handler(signal.SIGTERM, stop_requested.set)
+    gevent.signal_handler(signal.SIGINT, stop_requested.set)
+    log.info("host %s serving on %s:%d", agent.host_id, host, port)
+
+    gevent.wait([stop_requested, agent.crashed], count=1)
+    crashed = agent.crashed.ready()
+    log.info("stopping (%s)", "a service died" if crashed else "signal")
+    server.stop(timeout=2)
+    agent.stop()
+    return EXIT_FAILURE if crashed else EXIT_OK

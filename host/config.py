@@ -1,0 +1,282 @@
+"""Every daemon setting, declared once: flag, environment variable, type, default and help.
+
+Flags follow the original's Go habits: `-name value`, `-name=value`; `--name` is accepted too.
+Each setting NAME also reads `FLYNN_HOST_<NAME>` (dashes become underscores); a flag wins over the
+environment. load_config() validates everything and returns a frozen Config; a bad value raises
+ConfigError with one line that names the setting, which the CLI prints before exiting 2.
+"""
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from host.types import id_problem
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message is one line naming it."""
+
+
+class HelpRequested(Exception):
+    """-h / -help / --help was given."""
+
+
+# ---- value parsers: each takes the raw string and returns the value or raises ValueError ------
+
+def parse_ip(text: str) -> str:
+    return str(ipaddress.ip_address(text.strip()))
+
+
+def parse_bind_ip(text: str) -> str:
+    return "" if text.strip() in ("", "0.0.0.0") else parse_ip(text)
+
+
+def parse_listen(text: str) -> tuple:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:1113")
+    host = host.strip("[]") or "0.0.0.0"
+    ipaddress.ip_address(host)
+    return host, _int_between(port, 1, 65535)
+
+
+def parse_port_range(text: str) -> tuple:
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise ValueError("must be LOW-HIGH, e.g. 49152-65535")
+    low, high = _int_between(low, 1, 65535), _int_between(high, 1, 65535)
+    if low > high:
+        raise ValueError("LOW must not be above HIGH")
+    return low, high
+
+
+def _int_between(text: str, low: int, high: int) -> int:
+    value = int(str(text).strip())
+    if not low <= value <= high:
+        raise ValueError(f"must be from {low} to {high}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int_between(text, 1, 1 << 40)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on", ""):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def parse_attribute(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError("must be KEY=VALUE")
+    return key.strip(), value
+
+
+def parse_host_id(text: str) -> str:
+    problem = id_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError("must be one of debug, info, warning, error")
+    return level
+
+
+# ---- machine-derived defaults -----------------------------------------------------------------
+
+def guess_external_ip() -> str:
+    """The IPv4 address of the interface holding the default route, read from the kernel
+    (no packet is sent). Falls back to 127.0.0.1 on a machine without a default route."""
+    try:
+        with open("/proc/net/route") as routes:
+            next(routes)
+            for line in routes:
+                fields = line.split()
+                if fields[1] == "00000000" and int(fields[3], 16) & 2:  # default, RTF_GATEWAY
+                    return _interface_ipv4(fields[0])
+    except (OSError, StopIteration, IndexError, ValueError):
+        pass
+    return "127.0.0.1"
+
+
+def _interface_ipv4(name: str) -> str:
+    SIOCGIFADDR = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        packed = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
+    return socket.inet_ntoa(packed[20:24])
+
+
+def machine_memory_mb() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return 1024
+
+
+def machine_cpu_shares() -> int:
+    return 1024 * (os.cpu_count() or 1)
+
+
+# ---- the declarations ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                       # flag name without dashes
+    parse: Callable[[str], object]
+    default: object                 # a value, or a zero-argument callable computing one
+    help: str
+    metavar: str = "VALUE"
+    boolean: bool = False
+    repeatable: bool = False        # the flag may be given many times; the value is a tuple
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "FLYNN_HOST_" + self.attr.upper()
+
+
+SETTINGS = (
+    Setting("external", parse_ip, guess_external_ip, "IP other hosts and jobs reach this host at "
+            "(default: the address of the default route's interface)", "IP"),
+    Setting("listen", parse_listen, ("0.0.0.0", 1113), "address the HTTP API listens on", "ADDR"),
+    Setting("bind", parse_bind_ip, "", "IP that jobs' published ports bind to (default: all)", "IP"),
+    Setting("id", parse_host_id, None, "host id (default: derived from the hostname once, then "
+            "kept in the state dir)", "ID"),
+    Setting("state-dir", str, "/var/lib/flynn-host", "directory for the job table and host id", "DIR"),
+    Setting("force", parse_bool, False, "kill and remove the containers a previous instance left",
+            boolean=True),
+    Setting("ports", parse_port_range, (49152, 65535), "host port range for allocated ports",
+            "LO-HI"),
+    Setting("memory-mb", positive_int, machine_memory_mb, "memory jobs may reserve, in MiB "
+            "(default: the machine's)", "N"),
+    Setting("cpu-shares", positive_int, machine_cpu_shares, "CPU shares jobs may reserve "
+            "(default: 1024 per core)", "N"),
+    Setting("attribute", parse_attribute, (), "host attribute KEY=VALUE, repeatable "
+            "(environment: comma-separated)", "KEY=VALUE", repeatable=True),
+    Setting("log-level", parse_log_level, "info", "debug, info, warning or error", "LEVEL"),
+    Setting("retain-ended", positive_int, 100, "ended jobs whose containers are kept for logs",
+            "N"),
+    Setting("event-buffer", positive_int, 10000, "events kept for long-poll resumption", "N"),
+    Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
+)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class Config:
+    """Validated settings, read-only once built. Attribute names are the settings' names with
+    underscores (config.state_dir)."""
+
+    def __init__(self, values: dict):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is frozen")
+
+    def replace(self, **changes) -> "Config":
+        return Config({**self._values, **changes})
+
+    def as_dict(self) -> dict:
+        return dict(self._values)
+
+    @property
+    def attributes(self) -> dict:
+        return dict(self.attribute)
+
+    @property
+    def addr(self) -> str:
+        return f"{self.external}:{self.listen[1]}"
+
+
+def _parse_value(setting: Setting, raw: str, source: str):
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: invalid value {raw!r}: {e}") from None
+
+
+def parse_flags(argv: list) -> dict:
+    """Flags -> {attr: raw value or list of raw values}. Raises ConfigError / HelpRequested."""
+    given = {}
+    args = list(argv)
+    while args:
+        token = args.pop(0)
+        if token in ("-h", "-help", "--help"):
+            raise HelpRequested()
+        if not token.startswith("-") or token in ("-", "--"):
+            raise ConfigError(f"unexpected argument {token!r} (flags start with -)")
+        name, has_value, value = token.lstrip("-").partition("=")
+        setting = SETTINGS_BY_NAME.get(name)
+        if setting is None:
+            raise ConfigError(f"unknown flag -{name} (see -help)")
+        if not has_value:
+            if setting.boolean:
+                value = "true"
+            elif args:
+                value = args.pop(0)
+            else:
+                raise ConfigError(f"-{name} needs a value ({setting.metavar})")
+        if setting.repeatable:
+            given.setdefault(setting.attr, []).append(value)
+        else:
+            given[setting.attr] = value
+    return given
+
+
+def load_config(argv: list, environ: Optional[dict] = None) -> Config:
+    environ = os.environ if environ is None else environ
+    flags = parse_flags(argv)
+    values = {}
+    for setting in SETTINGS:
+        if setting.attr in flags:
+            source, raw = f"-{setting.name}", flags[setting.attr]
+        elif environ.get(setting.env, "") != "":
+            source, raw = setting.env, environ[setting.env]
+            if setting.repeatable:
+                raw = [part for part in raw.split(",") if part.strip()]
+        else:
+            default = setting.default
+            values[setting.attr] = default() if callable(default) else default
+            continue
+        if setting.repeatable:
+            values[setting.attr] = tuple(_parse_value(setting, r, source) for r in raw)
+        else:
+            values[setting.attr] = _parse_value(setting, raw, source)
+    return Config(values)
+
+
+def usage() -> str:
+    lines = ["usage: flynn-host [flags]        run the host daemon", "", "flags:"]
+    for s in SETTINGS:
+        flag = f"  -{s.name}" + ("" if s.boolean else f" {s.metavar}")
+        default = s.default if not callable(s.default) else "(computed)"
+        lines.append(f"{flag:<28} {s.help}")
+        lines.append(f"{'':<28} env {s.env}; default {default!r}")
+    lines += ["", "Docker is reached through DOCKER_HOST (as docker-py reads it)."]
+    return "\n".join(lines)

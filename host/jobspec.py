@@ -1,0 +1,150 @@
+"""Parsing an untrusted Job spec (decoded JSON) into a host.types.Job.
+
+Every problem raises ValidationError whose message starts with the field's path
+(`job.config.ports[0].port: ...`), so a client knows exactly what to fix.
+Unknown fields are rejected rather than ignored: a typo such as `memroy_mb` must not silently run a
+job without its limit.
+"""
+from __future__ import annotations
+
+from host.errors import ValidationError
+from host.types import Job, JobConfig, PortSpec, Resources, id_problem
+
+JOB_FIELDS = {"id", "config", "resources", "attributes"}
+CONFIG_FIELDS = {"image", "cmd", "entrypoint", "env", "working_dir", "user", "tty", "ports"}
+RESOURCE_FIELDS = {"memory_mb", "cpu_shares"}
+PORT_FIELDS = {"port", "proto", "container_port"}
+PROTOCOLS = ("tcp", "udp")
+
+#: Docker refuses smaller non-zero limits
+MIN_MEMORY_MB = 6
+MIN_CPU_SHARES = 2
+MAX_CPU_SHARES = 262144
+MAX_LIST_ITEMS = 1000
+
+
+def _fail(path: str, problem: str):
+    raise ValidationError(f"{path}: {problem}")
+
+
+def _object(value, path: str, allowed: set) -> dict:
+    if not isinstance(value, dict):
+        _fail(path, "must be an object")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        _fail(path, "unknown field(s) " + ", ".join(unknown))
+    return value
+
+
+def _int(value, path: str, low: int, high: int, hint: str = "") -> int:
+    # bool is an int subclass in Python; JSON true is not a number
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        _fail(path, hint or f"must be an integer from {low} to {high}")
+    return value
+
+
+def _optional_str(value, path: str):
+    if value is not None and not isinstance(value, str):
+        _fail(path, "must be a string or null")
+    return value
+
+
+def _str_list(value, path: str):
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        _fail(path, "must be a list of strings or null")
+    if len(value) > MAX_LIST_ITEMS:
+        _fail(path, f"must have at most {MAX_LIST_ITEMS} items")
+    return tuple(value)
+
+
+def _str_map(value, path: str, env: bool = False) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        _fail(path, "must be an object of string values")
+    for key, val in value.items():
+        if not key or (env and "=" in key) or "\0" in key:
+            _fail(f"{path}.{key}", "invalid name")
+        if not isinstance(val, str):
+            _fail(f"{path}.{key}", "must be a string")
+    return tuple(sorted(value.items()))
+
+
+def _port(value, path: str) -> PortSpec:
+    _object(value, path, PORT_FIELDS)
+    port = _int(value.get("port", 0), f"{path}.port", 0, 65535)
+    proto = value.get("proto", "tcp")
+    if proto not in PROTOCOLS:
+        _fail(f"{path}.proto", "must be one of " + ", ".join(PROTOCOLS))
+    container_port = value.get("container_port")
+    if container_port is not None:
+        container_port = _int(container_port, f"{path}.container_port", 1, 65535)
+    return PortSpec(port=port, proto=proto, container_port=container_port)
+
+
+def _config(value, path: str) -> JobConfig:
+    if value is None:
+        _fail(path, "required")
+    _object(value, path, CONFIG_FIELDS)
+    image = value.get("image")
+    if image is None:
+        _fail(f"{path}.image", "required")
+    if not isinstance(image, str) or not image.strip() or len(image) > 512:
+        _fail(f"{path}.image", "must be a non-empty image reference")
+    tty = value.get("tty", False)
+    if not isinstance(tty, bool):
+        _fail(f"{path}.tty", "must be true or false")
+    ports = value.get("ports") or []
+    if not isinstance(ports, list):
+        _fail(f"{path}.ports", "must be a list")
+    port_specs = tuple(_port(p, f"{path}.ports[{i}]") for i, p in enumerate(ports))
+    fixed = [(p.port, p.proto) for p in port_specs if p.port]
+    if len(fixed) != len(set(fixed)):
+        _fail(f"{path}.ports", "the same port is asked for twice")
+    return JobConfig(
+        image=image,
+        cmd=_str_list(value.get("cmd"), f"{path}.cmd"),
+        entrypoint=_str_list(value.get("entrypoint"), f"{path}.entrypoint"),
+        env=_str_map(value.get("env"), f"{path}.env", env=True),
+        working_dir=_optional_str(value.get("working_dir"), f"{path}.working_dir"),
+        user=_optional_str(value.get("user"), f"{path}.user"),
+        tty=tty,
+        ports=port_specs,
+    )
+
+
+def _resources(value, path: str) -> Resources:
+    if value is None:
+        return Resources()
+    _object(value, path, RESOURCE_FIELDS)
+    memory = _int(value.get("memory_mb", 0), f"{path}.memory_mb", 0, 1 << 30)
+    if 0 < memory < MIN_MEMORY_MB:
+        _fail(f"{path}.memory_mb", f"must be 0 (no limit) or at least {MIN_MEMORY_MB}")
+    cpu = _int(value.get("cpu_shares", 0), f"{path}.cpu_shares", 0, MAX_CPU_SHARES)
+    if 0 < cpu < MIN_CPU_SHARES:
+        _fail(f"{path}.cpu_shares", f"must be 0 (default) or at least {MIN_CPU_SHARES}")
+    return Resources(memory_mb=memory, cpu_shares=cpu)
+
+
+def parse_job(body, job_id: str = None) -> Job:
+    """Validate a decoded JSON Job. `job_id` is the id from the URL, which the body may repeat
+    but not contradict; without either, the caller must supply one."""
+    _object(body, "job", JOB_FIELDS)
+    body_id = body.get("id")
+    if body_id is not None:
+        problem = id_problem(body_id)
+        if problem:
+            _fail("job.id", problem)
+        if job_id is not None and body_id != job_id:
+            _fail("job.id", f"{body_id!r} does not match the id in the URL, {job_id!r}")
+    final_id = job_id if job_id is not None else body_id
+    if final_id is None:
+        _fail("job.id", "required")
+    return Job(
+        id=final_id,
+        config=_config(body.get("config"), "job.config"),
+        resources=_resources(body.get("resources"), "job.resources"),
+        attributes=_str_map(body.get("attributes"), "job.attributes"),
+    )

@@ -1,0 +1,340 @@
+"""Running jobs on the container runtime and keeping the job table true to it.
+
+The supervisor starts containers for accepted jobs, turns the runtime's event stream into state
+transitions (never polling), stops and signals jobs, reconciles the table with the containers after
+a restart or a lost event stream, and removes old ended containers.
+Each decision is logged on one line with the job id.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import gevent
+import simplejson
+
+from host import errors
+from host.clock import Clock
+from host.errors import Conflict
+from host.ports import PortAllocator
+from host.runtime import (LABEL_HOST_ID, LABEL_JOB_ID, LABEL_JOB_SPEC, ContainerSpec,
+                          ContainerState, Runtime, RuntimeEvent)
+from host.state import JobTable
+from host.types import (CRASHED, DONE, FAILED, RUNNING, STARTING, ActiveJob, HostResources, Job,
+                        PortBinding, job_from_dict)
+
+log = logging.getLogger(__name__)
+
+LABEL_PORTS = "flynn-host.ports"
+
+
+class JobSupervisor:
+    #: seconds a start keeps retrying while Docker is unreachable before the job is failed
+    start_retry_s = 60.0
+    #: seconds between reconnect attempts of the event stream, growing to the max
+    reconnect_min_s = 0.2
+    reconnect_max_s = 5.0
+
+    def __init__(self, *, host_id: str, external_ip: str, bind_ip: str, capacity: HostResources,
+                 retain_ended: int, runtime: Runtime, table: JobTable, ports: PortAllocator,
+                 clock: Clock, spawn: Callable):
+        self.host_id = host_id
+        self.external_ip = external_ip
+        self.bind_ip = bind_ip
+        self.capacity = capacity
+        self.retain_ended = retain_ended
+        self.runtime = runtime
+        self.table = table
+        self.ports = ports
+        self.clock = clock
+        self._spawn = spawn           # runs a background task in the agent's bounded pool
+        self._last_event_nanos: Optional[int] = None
+        self.events_connected = False
+        self._starting = set()        # ids with a _start in progress, so none runs twice
+        ports.mark_taken(b for job in table.active() for b in job.ports)
+
+    @property
+    def our_labels(self) -> dict:
+        return {LABEL_HOST_ID: self.host_id}
+
+    # ---- requests from the API ------------------------------------------------------------
+
+    def submit(self, job: Job) -> tuple:
+        """Accept a job: (ActiveJob, created). Idempotent by id; a different spec under a known id
+        is a Conflict, as is a job that does not fit. Nothing is recorded unless it is accepted."""
+        existing = self.table.find(job.id)
+        if existing is not None:
+            if existing.job.same_spec(job):
+                return existing, False
+            raise Conflict(f"job {job.id!r} exists with a different spec")
+        self._check_fits(job)
+        self.runtime.ping()  # Unavailable (503) now beats accepting a job we cannot start
+        bindings = self.ports.reserve(job.config.ports)
+        active = self.table.add(job, bindings)
+        self._spawn(self._start, job.id)
+        return active, True
+
+    def _check_fits(self, job: Job):
+        used = self.table.allocated()
+        short = []
+        want = job.resources
+        if want.memory_mb and used.memory_mb + want.memory_mb > self.capacity.memory_mb:
+            short.append(f"memory: needs {want.memory_mb} MiB, "
+                         f"{self.capacity.memory_mb - used.memory_mb} MiB free")
+        if want.cpu_shares and used.cpu_shares + want.cpu_shares > self.capacity.cpu_shares:
+            short.append(f"cpu_shares: needs {want.cpu_shares}, "
+                         f"{self.capacity.cpu_shares - used.cpu_shares} free")
+        if short:
+            raise Conflict(f"job {job.id!r} does not fit on this host: " + "; ".join(short))
+
+    def stop(self, job_id: str, timeout_s: float) -> tuple:
+        """Ask a job to stop: (ActiveJob, already_final)."""
+        job = self.table.get(job_id)
+        if job.is_final:
+            return job, True
+        self.table.update(job_id, stop_requested=True)
+        log.info("job %s: stop requested (kill after %gs)", job_id, timeout_s)
+        if job.container_id:
+            self._spawn(self._stop_container, job_id, timeout_s)
+        # no container yet: _start sees stop_requested and does not start it
+        return job, False
+
+    def signal(self, job_id: str, signal: str) -> ActiveJob:
+        job = self.table.get(job_id)
+        if job.status != RUNNING:
+            raise Conflict(f"job {job_id!r} is {job.status}, not running: cannot signal it")
+        self.runtime.signal(job.container_id, signal)
+        log.info("job %s: sent signal %s", job_id, signal)
+        return job
+
+    # ---- starting --------------------------------------------------------------------------
+
+    def container_spec(self, active: ActiveJob) -> ContainerSpec:
+        job = active.job
+        env = {"EXTERNAL_IP": self.external_ip, "FLYNN_HOST_ID": self.host_id,
+               "FLYNN_JOB_ID": job.id}
+        for index, binding in enumerate(active.ports):  # as the original: the app reads $PORT
+            env.setdefault("PORT", str(binding.container_port))
+            env[f"PORT_{index}"] = str(binding.container_port)
+        env.update(dict(job.config.env))  # the spec wins
+        return ContainerSpec(
+            name=f"flynn-{self.host_id}-{job.id}",
+            image=job.config.image,
+            cmd=list(job.config.cmd) if job.config.cmd is not None else None,
+            entrypoint=list(job.config.entrypoint) if job.config.entrypoint is not None else None,
+            env=env, working_dir=job.config.working_dir, user=job.config.user,
+            tty=job.config.tty,
+            labels={LABEL_HOST_ID: self.host_id, LABEL_JOB_ID: job.id,
+                    LABEL_JOB_SPEC: simplejson.dumps(job.to_dict()),
+                    LABEL_PORTS: simplejson.dumps([p.to_dict() for p in active.ports])},
+            memory_mb=job.resources.memory_mb, cpu_shares=job.resources.cpu_shares,
+            ports=active.ports, bind_ip=self.bind_ip,
+        )
+
+    def _start(self, job_id: str):
+        """Create and start the container; the runtime's events move the job on from there."""
+        if job_id in self._starting:
+            return
+        self._starting.add(job_id)
+        try:
+            self._start_with_retries(job_id)
+        finally:
+            self._starting.discard(job_id)
+
+    def _start_with_retries(self, job_id: str):
+        deadline = self.clock.monotonic() + self.start_retry_s
+        delay = self.reconnect_min_s
+        while True:
+            try:
+                self._create_and_start(job_id)
+                return
+            except errors.RuntimeUnavailable as e:
+                if self.clock.monotonic() >= deadline:
+                    self._fail(job_id, str(e))
+                    return
+                log.warning("job %s: Docker unreachable, retrying the start: %s", job_id, e)
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
+            except (errors.ImageNotFound, errors.RuntimeFailure, errors.ContainerNotFound) as e:
+                self._fail(job_id, str(e))
+                return
+
+    def _create_and_start(self, job_id: str):
+        active = self.table.get(job_id)
+        if active.status != STARTING or self._ended_by_stop_request(active):
+            return
+        self.runtime.ensure_image(active.job.config.image)  # may take long: a pull
+        if self._ended_by_stop_request(active):
+            return
+        if not active.container_id:
+            container_id = self.runtime.create(self.container_spec(active))
+            self.table.update(job_id, container_id=container_id)
+            log.debug("job %s: created container %s", job_id, container_id[:12])
+        if self._ended_by_stop_request(active):
+            return  # the created container goes with the job's retention
+        self.runtime.start(active.container_id)
+        log.debug("job %s: started container %s", job_id, active.container_id[:12])
+
+    def _ended_by_stop_request(self, active: ActiveJob) -> bool:
+        """A DELETE that arrived before the container started ends the job here."""
+        if active.stop_requested:
+            self._end_unstarted(active.id, "stopped before it started")
+        return active.stop_requested
+
+    def _fail(self, job_id: str, error: str):
+        job = self.table.get(job_id)
+        if self.table.transition(job_id, FAILED, error=error, ended_at=self.clock.now_text()):
+            self.ports.release(job.ports)
+            self._spawn(self.prune_ended)
+
+    def _end_unstarted(self, job_id: str, why: str):
+        job = self.table.get(job_id)
+        if self.table.transition(job_id, CRASHED, error=why, ended_at=self.clock.now_text()):
+            self.ports.release(job.ports)
+            self._spawn(self.prune_ended)
+
+    # ---- stopping --------------------------------------------------------------------------
+
+    def _stop_container(self, job_id: str, timeout_s: float):
+        job = self.table.get(job_id)
+        try:
+            self.runtime.stop(job.container_id, timeout_s)
+            state = self.runtime.inspect(job.container_id)
+        except errors.ContainerNotFound:
+            self._end_unstarted(job_id, "container removed")
+            return
+        except errors.FlynnError as e:
+            log.warning("job %s: stop failed: %s", job_id, e)
+            return
+        if not state.running and state.started_at is None:
+            self._end_unstarted(job_id, "stopped before it started")  # no die event will come
+        elif not state.running:
+            self._record_exit(job_id, state)  # normally the die event got here first
+
+    # ---- following the runtime -------------------------------------------------------------
+
+    def follow_runtime_events(self):
+        """Run forever: apply the runtime's events; on a broken stream, reconnect (resuming from
+        the last event's time) and reconcile, since events may have been missed meanwhile."""
+        delay = self.reconnect_min_s
+        while True:
+            try:
+                stream = self.runtime.events(self.our_labels, self._last_event_nanos)
+                self.events_connected = True
+                self.reconcile()
+                delay = self.reconnect_min_s
+                for event in stream:
+                    self._last_event_nanos = event.time_nanos or self._last_event_nanos
+                    self.apply_event(event)
+            except errors.RuntimeUnavailable as e:
+                if self.events_connected:
+                    log.warning("Docker event stream lost: %s; reconnecting", e)
+                self.events_connected = False
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
+
+    def apply_event(self, event: RuntimeEvent):
+        job_id = event.labels.get(LABEL_JOB_ID)
+        job = self.table.find(job_id) if job_id else None
+        if job is None or job.is_final:
+            return
+        if job.container_id and job.container_id != event.container_id:
+            return  # an older container of a job id that was reused
+        if event.action not in ("start", "die", "destroy"):
+            return
+        log.debug("job %s: Docker event %s", job_id, event.action)
+        try:
+            state = self.runtime.inspect(event.container_id)
+        except errors.ContainerNotFound:
+            self._end_unstarted(job_id, "container removed outside flynn-host")
+            return
+        self._apply_container_state(job_id, state)
+
+    def _apply_container_state(self, job_id: str, state: ContainerState):
+        job = self.table.get(job_id)
+        if not job.container_id:
+            self.table.update(job_id, container_id=state.id)
+        if state.running:
+            self.table.transition(job_id, RUNNING, started_at=state.started_at,
+                                  internal_ip=state.ip, container_id=state.id)
+        elif state.started_at is not None:
+            self._record_exit(job_id, state)
+        elif state.error:
+            self._fail(job_id, state.error)
+
+    def _record_exit(self, job_id: str, state: ContainerState):
+        job = self.table.get(job_id)
+        started = job.started_at or state.started_at
+        ended = max(state.finished_at or self.clock.now_text(), started or "")
+        status = DONE if state.exit_code == 0 and not state.oom_killed else CRASHED
+        if self.table.transition(job_id, status, exit_status=state.exit_code,
+                                 error="oom" if state.oom_killed else None,
+                                 started_at=started, ended_at=ended, container_id=state.id):
+            self.ports.release(job.ports)
+            self._spawn(self.prune_ended)
+
+    # ---- reconciliation -------------------------------------------------------------------
+
+    def reconcile(self):
+        """Make the table agree with the containers: after a restart of the agent, or after the
+        event stream was lost. Jobs never created are started; containers whose table entry was
+        lost are adopted from their labels."""
+        containers = {c.labels.get(LABEL_JOB_ID): c for c in self.runtime.list(self.our_labels)}
+        for job in self.table.active():
+            container = containers.get(job.id)
+            if container is None or (job.container_id and container.id != job.container_id):
+                if job.container_id:
+                    self._end_unstarted(job.id, "container disappeared while unobserved")
+                else:
+                    log.info("job %s: resuming its start", job.id)
+                    self._spawn(self._start, job.id)
+            elif container.status == "created" and not job.stop_requested:
+                self.table.update(job.id, container_id=container.id)
+                self._spawn(self._start, job.id)
+            else:
+                self._apply_container_state(job.id, container)
+        for job_id, container in containers.items():
+            if job_id and self.table.find(job_id) is None:
+                self._adopt(job_id, container)
+
+    def _adopt(self, job_id: str, container: ContainerState):
+        try:
+            job = job_from_dict(simplejson.loads(container.labels[LABEL_JOB_SPEC]))
+            ports = tuple(PortBinding(**p) for p in
+                          simplejson.loads(container.labels.get(LABEL_PORTS) or "[]"))
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("container %s: unreadable labels, not adopting: %s", container.id[:12], e)
+            return
+        log.info("job %s: adopting container %s found without a table entry", job_id,
+                 container.id[:12])
+        self.table.adopt(ActiveJob(job=job, host_id=self.host_id, status=STARTING,
+                                   container_id=container.id, ports=ports,
+                                   created_at=container.started_at or self.clock.now_text()))
+        if container.running:
+            self.ports.mark_taken(ports)
+        self._apply_container_state(job_id, container)
+
+    def kill_leftovers(self):
+        """-force: kill and remove every container a previous instance of this host left, and
+        record their jobs as crashed."""
+        for container in self.runtime.list(self.our_labels):
+            log.info("container %s: removing (-force)", container.id[:12])
+            self.runtime.remove(container.id)
+        for job in self.table.active():
+            self.table.transition(job.id, CRASHED, error="killed at agent start (-force)",
+                                  ended_at=self.clock.now_text())
+            self.ports.release(job.ports)
+
+    def prune_ended(self):
+        """Keep the containers (and records) of the newest `retain_ended` ended jobs only."""
+        ended = self.table.ended_oldest_first()
+        for job in ended[:max(0, len(ended) - self.retain_ended)]:
+            try:
+                if job.container_id:
+                    self.runtime.remove(job.container_id)
+            except errors.FlynnError as e:
+                log.warning("job %s: could not remove its container yet: %s", job.id, e)
+                return
+            if self.table.find(job.id) is not None:
+                self.table.forget(job.id)
+                log.debug("job %s: pruned (retention)", job.id)

@@ -1,0 +1,232 @@
+"""The data model: jobs, their states and the transitions allowed between them.
+
+Stdlib only. Every other layer imports from here; nothing here imports from them.
+The JSON shapes are those of docs/API.md.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+# ---- job states ---------------------------------------------------------------------------------
+
+STARTING = "starting"
+RUNNING = "running"
+DONE = "done"          # exited 0
+CRASHED = "crashed"    # exited non-zero, killed, or OOM-killed
+FAILED = "failed"      # the container could not be created or started; `error` says why
+
+ALL_STATES = (STARTING, RUNNING, DONE, CRASHED, FAILED)
+ACTIVE_STATES = frozenset({STARTING, RUNNING})
+FINAL_STATES = frozenset({DONE, CRASHED, FAILED})
+
+#: source state -> states it may move to. Final states have no entry: nothing leaves them.
+#: starting -> done/crashed happens when a container exits before (or while) we saw it start,
+#: e.g. while the agent was down.
+ALLOWED_TRANSITIONS = {
+    STARTING: frozenset({RUNNING, DONE, CRASHED, FAILED}),
+    RUNNING: frozenset({DONE, CRASHED}),
+}
+
+#: the event name published when a job enters a state
+EVENT_FOR_STATE = {
+    STARTING: "create",
+    RUNNING: "start",
+    DONE: "stop",
+    CRASHED: "stop",
+    FAILED: "error",
+}
+
+
+def can_transition(source: str, target: str) -> bool:
+    return target in ALLOWED_TRANSITIONS.get(source, ())
+
+
+# ---- ids ----------------------------------------------------------------------------------------
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def id_problem(value) -> Optional[str]:
+    """Why `value` is not a valid job or host id, or None when it is."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not ID_PATTERN.match(value):
+        return "must be 1 to 128 characters of A-Z a-z 0-9 _ . -"
+    if value in (".", ".."):
+        return "must not be '.' or '..'"
+    return None
+
+
+# ---- the job spec -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A port the job wants published. port 0 = allocate one from the host's range.
+    container_port None = the same number as the host port (the job learns it from $PORT)."""
+    port: int = 0
+    proto: str = "tcp"
+    container_port: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return {"port": self.port, "proto": self.proto, "container_port": self.container_port}
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    image: str
+    cmd: Optional[tuple] = None
+    entrypoint: Optional[tuple] = None
+    env: tuple = ()               # sorted (key, value) pairs, so specs compare by value
+    working_dir: Optional[str] = None
+    user: Optional[str] = None
+    tty: bool = False
+    ports: tuple = ()             # PortSpec
+
+    def to_dict(self) -> dict:
+        return {
+            "image": self.image,
+            "cmd": list(self.cmd) if self.cmd is not None else None,
+            "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
+            "env": dict(self.env),
+            "working_dir": self.working_dir,
+            "user": self.user,
+            "tty": self.tty,
+            "ports": [p.to_dict() for p in self.ports],
+        }
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory_mb: int = 0    # 0 = no limit, not accounted
+    cpu_shares: int = 0   # 0 = Docker's default weight, not accounted
+
+    def to_dict(self) -> dict:
+        return {"memory_mb": self.memory_mb, "cpu_shares": self.cpu_shares}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    config: JobConfig
+    resources: Resources = Resources()
+    attributes: tuple = ()        # sorted (key, value) pairs
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "config": self.config.to_dict(),
+            "resources": self.resources.to_dict(),
+            "attributes": dict(self.attributes),
+        }
+
+    def same_spec(self, other: "Job") -> bool:
+        return self.to_dict() == other.to_dict()
+
+
+# ---- a job on a host ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PortBinding:
+    port: int              # on the host
+    container_port: int
+    proto: str
+
+    def to_dict(self) -> dict:
+        return {"port": self.port, "container_port": self.container_port, "proto": self.proto}
+
+
+@dataclass
+class ActiveJob:
+    """A job as this host runs it. Only host.state.JobTable changes one."""
+    job: Job
+    host_id: str
+    status: str = STARTING
+    container_id: Optional[str] = None
+    internal_ip: Optional[str] = None
+    ports: tuple = ()              # PortBinding
+    exit_status: Optional[int] = None
+    error: Optional[str] = None
+    created_at: Optional[str] = None
+    started_at: Optional[str] = None
+    ended_at: Optional[str] = None
+    stop_requested: bool = False   # a DELETE arrived; not part of the API shape
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def to_dict(self) -> dict:
+        return {
+            "job": self.job.to_dict(),
+            "host_id": self.host_id,
+            "container_id": self.container_id,
+            "internal_ip": self.internal_ip,
+            "ports": [p.to_dict() for p in self.ports],
+            "status": self.status,
+            "exit_status": self.exit_status,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    cursor: int
+    type: str            # "job" | "host"
+    event: str           # create | start | stop | error | add | remove | update
+    host_id: str
+    job_id: Optional[str]
+    job: Optional[dict]  # ActiveJob.to_dict() at the time of the event
+    time: str
+
+    def to_dict(self) -> dict:
+        return {"cursor": self.cursor, "type": self.type, "event": self.event,
+                "host_id": self.host_id, "job_id": self.job_id, "job": self.job,
+                "time": self.time}
+
+
+@dataclass
+class HostResources:
+    memory_mb: int
+    cpu_shares: int
+
+    def to_dict(self) -> dict:
+        return {"memory_mb": self.memory_mb, "cpu_shares": self.cpu_shares}
+
+
+def job_from_dict(d: dict) -> Job:
+    """Rebuild a Job from its own to_dict() output (trusted: our store, our labels).
+    Untrusted input goes through host.jobspec.parse_job instead."""
+    c = d["config"]
+    config = JobConfig(
+        image=c["image"],
+        cmd=tuple(c["cmd"]) if c.get("cmd") is not None else None,
+        entrypoint=tuple(c["entrypoint"]) if c.get("entrypoint") is not None else None,
+        env=tuple(sorted((c.get("env") or {}).items())),
+        working_dir=c.get("working_dir"),
+        user=c.get("user"),
+        tty=bool(c.get("tty")),
+        ports=tuple(PortSpec(**p) for p in c.get("ports") or ()),
+    )
+    return Job(id=d["id"], config=config, resources=Resources(**(d.get("resources") or {})),
+               attributes=tuple(sorted((d.get("attributes") or {}).items())))
+
+
+def active_job_from_dict(d: dict) -> ActiveJob:
+    """Rebuild an ActiveJob from its persisted form (to_dict() plus stop_requested)."""
+    return ActiveJob(
+        job=job_from_dict(d["job"]), host_id=d["host_id"], status=d["status"],
+        container_id=d.get("container_id"), internal_ip=d.get("internal_ip"),
+        ports=tuple(PortBinding(**p) for p in d.get("ports") or ()),
+        exit_status=d.get("exit_status"), error=d.get("error"),
+        created_at=d.get("created_at"), started_at=d.get("started_at"),
+        ended_at=d.get("ended_at"), stop_requested=bool(d.get("stop_requested")),
+    )

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="flynn-host",
+    version="0.1.0",
+    description="The host service of a Flynn-style container platform, in Python",
+    packages=find_packages(include=["host", "host.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "gevent>=23.9",
+        "bottle>=0.12.25",
+        "docker>=7.0",
+        "python-etcd>=0.4.5",
+        "simplejson>=3.19",
+        "requests>=2.31",
+    ],
+    extras_require={
+        "test": ["nose2>=0.14", "gunicorn>=21.2", "packaging>=23"],
+        "gunicorn": ["gunicorn>=21.2", "packaging>=23"],
+    },
+    entry_points={"console_scripts": ["flynn-host=host.entry:main"]},
+)

@@ -1,0 +1,212 @@
+"""Shared test helpers: real agent processes, an in-process agent on a fake runtime, and waiting on
+a job's state through the agent's own long-poll (event-driven, with a deadline; never a bare sleep).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import gevent
+import requests
+from gevent.pywsgi import WSGIServer
+
+from host.agent import Agent
+from host.api import create_app
+from host.config import load_config
+from host.runtime import LABEL_HOST_ID
+from host.runtime.docker import DockerRuntime
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLYNN_HOST = os.path.join(REPO, "bin", "flynn-host")
+TEST_IMAGE = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
+#: an image that cannot exist: the pull goes to a closed port on loopback, never off the machine
+MISSING_IMAGE = "127.0.0.1:1/flynn-test/missing:latest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_docker():
+    """Fail (not skip) when the engine is missing: the suite must be run with bin/test, which
+    provisions dockerd and the test image."""
+    runtime = DockerRuntime()
+    try:
+        runtime.ping()
+        runtime._client().inspect_image(TEST_IMAGE)
+    except Exception as e:
+        raise AssertionError(
+            f"Docker with the image {TEST_IMAGE} is required and was not usable "
+            f"(DOCKER_HOST={os.environ.get('DOCKER_HOST')!r}): {e}. Run the suite with bin/test, "
+            "which provisions both.") from e
+    return runtime
+
+
+def remove_host_containers(runtime, host_id: str):
+    for container in runtime.list({LABEL_HOST_ID: host_id}):
+        runtime.remove(container.id)
+
+
+def job_body(cmd, **config) -> dict:
+    return {"config": dict({"image": TEST_IMAGE, "cmd": cmd}, **config)}
+
+
+class AgentClient:
+    """A thin HTTP helper for tests (the real client library is host.client, a later issue)."""
+
+    def __init__(self, base_url: str):
+        self.url = base_url
+        self.http = requests.Session()
+
+    def get(self, path, **kw):
+        return self.http.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def put(self, path, **kw):
+        return self.http.put(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def post(self, path, **kw):
+        return self.http.post(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def delete(self, path, **kw):
+        return self.http.delete(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def put_job(self, job_id, body) -> dict:
+        resp = self.put(f"/host/jobs/{job_id}", json=body)
+        assert resp.status_code in (200, 202), resp.text
+        return resp.json()
+
+    def job(self, job_id) -> dict:
+        resp = self.get(f"/host/jobs/{job_id}")
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def wait_status(self, job_id, statuses, timeout=30.0) -> dict:
+        """Follow the agent's events until the job is in one of `statuses`."""
+        statuses = {statuses} if isinstance(statuses, str) else set(statuses)
+        deadline = time.monotonic() + timeout
+        cursor = self.get("/host/events").json()["cursor"]
+        job = self.job(job_id)
+        while job["status"] not in statuses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"job {job_id} is {job['status']}, not {statuses}, "
+                                     f"after {timeout}s: {job}")
+            resp = self.get("/host/events", params={"since": cursor, "job_id": job_id,
+                                                    "wait": min(remaining, 10)})
+            assert resp.status_code == 200, resp.text
+            cursor = resp.json()["cursor"]
+            job = self.job(job_id)
+        return job
+
+
+class AgentProcess:
+    """bin/flynn-host as a real process on 127.0.0.1:<free port> with its own state dir."""
+
+    def __init__(self, host_id: str, state_dir: str = None, args=(), env=None):
+        self.host_id = host_id
+        self.port = free_port()
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix=f"flynn-{host_id}-")
+        self.args = list(args)
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+        self.log_path = os.path.join(self.state_dir, "agent.log")
+        self.client = AgentClient(f"http://127.0.0.1:{self.port}")
+
+    def start(self, extra_args=(), wait=True) -> "AgentProcess":
+        cmd = [sys.executable, FLYNN_HOST, "-id", self.host_id, "-state-dir", self.state_dir,
+               "-listen", f"127.0.0.1:{self.port}", "-external", "127.0.0.1",
+               "-log-level", "debug", *self.args, *extra_args]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.client.get("/host/status", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            gevent.sleep(0.05)
+        raise AssertionError(f"agent not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-6000:]
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self):
+        return self.stop(signal.SIGKILL)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+class DockerAgentTestCase(unittest.TestCase):
+    """One real agent process per test class, against the real engine; its containers are
+    removed afterwards."""
+    host_id = None
+    agent_args = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.runtime = require_docker()
+        cls.host_id = cls.host_id or f"t{cls.__name__.lower()[:40]}{os.getpid()}"
+        remove_host_containers(cls.runtime, cls.host_id)
+        cls.agent = AgentProcess(cls.host_id, args=cls.agent_args).start()
+        cls.client = cls.agent.client
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.agent.cleanup()
+        remove_host_containers(cls.runtime, cls.host_id)
+
+
+class InProcessAgent:
+    """An Agent with the given runtime, served in this process on a free loopback port."""
+
+    def __init__(self, runtime, flags=(), clock=None, state_dir=None):
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="flynn-inproc-")
+        argv = ["-id", "inproc", "-state-dir", self.state_dir, "-external", "127.0.0.1",
+                "-memory-mb", "1000", "-cpu-shares", "1024", "-ports", "40000-40099", *flags]
+        self.config = load_config(argv, environ={})
+        self.agent = Agent(self.config, runtime, clock)
+        self.agent.start()
+        self.server = WSGIServer(("127.0.0.1", 0), create_app(self.agent), log=None)
+        self.server.start()
+        self.client = AgentClient(f"http://127.0.0.1:{self.server.server_port}")
+        self.stopped = False
+
+    def stop(self):
+        """Stop serving and stop the agent (its jobs stay in the runtime)."""
+        if not self.stopped:
+            self.stopped = True
+            self.server.stop(timeout=1)
+            self.agent.stop()
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -1,0 +1,217 @@
+"""The agent's job life on the in-memory runtime: fast checks of every path, served over real HTTP
+in this process. The same paths run against the real engine in test_docker_*.py."""
+import shutil
+import unittest
+
+import gevent
+import gevent.event
+
+from host.runtime import LABEL_HOST_ID
+from host.runtime.fake import FakeRuntime
+from tests.support import InProcessAgent
+
+
+def body(image="busybox", **extra):
+    config = {"image": image, "cmd": ["sleep", "100"]}
+    config.update(extra.pop("config", {}))
+    return dict({"config": config}, **extra)
+
+
+class FakeAgentTestCase(unittest.TestCase):
+    flags = ()
+
+    def setUp(self):
+        self.runtime = FakeRuntime()
+        self.host = InProcessAgent(self.runtime, flags=self.flags)
+        self.client = self.host.client
+        self.agent = self.host.agent
+
+    def tearDown(self):
+        self.host.close()
+
+    def container_of(self, job_id):
+        return self.client.job(job_id)["container_id"]
+
+    def restart(self, flags=()):
+        """Stop this agent (jobs keep running in the fake engine) and start a new one on the
+        same state dir."""
+        self.host.stop()
+        self.host = InProcessAgent(self.runtime, flags=flags, state_dir=self.host.state_dir)
+        self.client, self.agent = self.host.client, self.host.agent
+
+
+class JobLifeTest(FakeAgentTestCase):
+    def test_start_run_and_exit_states(self):
+        for job_id, code, oom, status in (("ok", 0, False, "done"), ("bad", 3, False, "crashed"),
+                                          ("oom", 137, True, "crashed")):
+            created = self.client.put(f"/host/jobs/{job_id}", json=body())
+            self.assertEqual(created.status_code, 202)
+            self.assertEqual(created.json()["status"], "starting")
+            running = self.client.wait_status(job_id, "running")
+            self.assertTrue(running["started_at"])
+            self.assertTrue(running["internal_ip"])
+            self.runtime.exit(running["container_id"], code, oom=oom)
+            ended = self.client.wait_status(job_id, status)
+            self.assertEqual(ended["exit_status"], code)
+            self.assertEqual(ended["error"], "oom" if oom else None)
+            self.assertGreaterEqual(ended["ended_at"], ended["started_at"])
+        events = self.client.get("/host/events", params={"since": 0, "job_id": "bad"}).json()
+        self.assertEqual([e["event"] for e in events["events"]], ["create", "start", "stop"])
+
+    def test_missing_image_fails_naming_it(self):
+        self.client.put_job("m", body(image="nope:1"))
+        job = self.client.wait_status("m", "failed")
+        self.assertIn("nope:1", job["error"])
+        self.assertIsNone(job["container_id"])
+
+    def test_idempotent_put(self):
+        first = self.client.put("/host/jobs/a", json=body())
+        again = self.client.put("/host/jobs/a", json=body())
+        self.assertEqual((first.status_code, again.status_code), (202, 200))
+        self.assertEqual(again.json()["job"], first.json()["job"])
+        other = self.client.put("/host/jobs/a", json=body(config={"cmd": ["true"]}))
+        self.assertEqual(other.status_code, 409)
+        self.assertEqual(other.json()["code"], "conflict")
+        self.assertEqual(len(self.runtime.containers), 1)
+
+    def test_environment_given_to_the_job(self):
+        self.client.put_job("e", body(config={"ports": [{"port": 0}], "env": {"FLYNN_JOB_ID": "mine"}}))
+        job = self.client.wait_status("e", "running")
+        env = self.runtime.containers[job["container_id"]]["spec"].env
+        port = job["ports"][0]["port"]
+        self.assertEqual(env["EXTERNAL_IP"], "127.0.0.1")
+        self.assertEqual(env["FLYNN_HOST_ID"], "inproc")
+        self.assertEqual(env["FLYNN_JOB_ID"], "mine")  # the spec wins
+        self.assertEqual((env["PORT"], env["PORT_0"]), (str(port), str(port)))
+
+    def test_resources_must_fit(self):
+        self.client.put_job("big", body(resources={"memory_mb": 800, "cpu_shares": 100}))
+        resp = self.client.put("/host/jobs/big2", json=body(resources={"memory_mb": 300}))
+        self.assertEqual(resp.status_code, 409)
+        self.assertIn("memory: needs 300 MiB, 200 MiB free", resp.json()["message"])
+        resp = self.client.put("/host/jobs/cpu", json=body(resources={"cpu_shares": 1000}))
+        self.assertIn("cpu_shares: needs 1000, 924 free", resp.json()["message"])
+        self.assertIsNone(self.agent.table.find("big2"))
+        status = self.client.get("/host/status").json()
+        self.assertEqual(status["allocated"], {"memory_mb": 800, "cpu_shares": 100})
+
+    def test_ports_are_held_and_released(self):
+        job = self.client.wait_status(self.client.put_job("p", body(
+            config={"ports": [{"port": 0}, {"port": 0, "proto": "udp"}]}))["job"]["id"], "running")
+        fixed = job["ports"][0]["port"]
+        resp = self.client.put("/host/jobs/q", json=body(config={"ports": [{"port": fixed}]}))
+        self.assertEqual(resp.status_code, 409)
+        self.assertIn(f"port {fixed}/tcp is taken", resp.json()["message"])
+        self.runtime.exit(job["container_id"], 0)
+        self.client.wait_status("p", "done")
+        self.client.put_job("q", body(config={"ports": [{"port": fixed}]}))
+
+    def test_stop_and_signal(self):
+        job = self.client.wait_status(self.client.put_job("s", body())["job"]["id"], "running")
+        resp = self.client.post("/host/jobs/s/signal", json={"signal": "HUP"})
+        self.assertEqual(resp.status_code, 202)
+        self.assertEqual(self.runtime.signals, [(job["container_id"], "SIGHUP")])
+        self.assertEqual(self.client.post("/host/jobs/s/signal", json={"signal": 10}).status_code,
+                         202)
+        self.assertEqual(self.client.delete("/host/jobs/s").status_code, 202)
+        ended = self.client.wait_status("s", "crashed")
+        self.assertEqual(ended["exit_status"], 143)
+        self.assertEqual(self.client.delete("/host/jobs/s").status_code, 200)
+        resp = self.client.post("/host/jobs/s/signal", json={"signal": "HUP"})
+        self.assertEqual(resp.status_code, 409)
+
+    def test_stop_before_start(self):
+        self.runtime.images.add("slow")
+        gate = gevent.event.Event()
+        original = self.runtime.ensure_image
+        self.runtime.ensure_image = lambda image: (gate.wait(5), original(image))
+        self.client.put_job("early", body(image="slow"))
+        self.assertEqual(self.client.delete("/host/jobs/early").status_code, 202)
+        gate.set()
+        job = self.client.wait_status("early", "crashed")
+        self.assertEqual(job["error"], "stopped before it started")
+        self.assertEqual(self.runtime.containers, {})
+
+    def test_retention_removes_oldest_ended(self):
+        self.agent.supervisor.retain_ended = 2
+        for n in range(4):
+            job = self.client.wait_status(self.client.put_job(f"r{n}", body())["job"]["id"],
+                                          "running")
+            self.runtime.exit(job["container_id"], 0)
+            self.client.wait_status(f"r{n}", "done")
+        gevent.joinall(list(self.agent.tasks), timeout=5)
+        self.assertEqual([j["job"]["id"] for j in self.client.get("/host/jobs").json()],
+                         ["r3", "r2"])
+        self.assertEqual(len(self.runtime.containers), 2)
+        self.assertEqual(self.client.get("/host/jobs/r0").status_code, 404)
+
+
+class EngineOutageTest(FakeAgentTestCase):
+    def test_unavailable_then_recovers(self):
+        job = self.client.wait_status(self.client.put_job("a", body())["job"]["id"], "running")
+        self.runtime.set_available(False)
+        resp = self.client.put("/host/jobs/b", json=body())
+        self.assertEqual(resp.status_code, 503)
+        self.assertEqual(resp.json()["code"], "unavailable")
+        self.assertIs(resp.json()["retry"], True)
+        self.assertIsNone(self.agent.table.find("b"))  # nothing half-recorded
+        self.assertEqual(self.client.get("/host/jobs").status_code, 200)
+        self.assertIn("unavailable", self.client.get("/host/status").json()["docker"])
+        # the job exits while the agent cannot see the engine
+        self.runtime.available = True
+        self.runtime.exit(job["container_id"], 7)
+        self.runtime.available = False
+        gevent.sleep(0.3)
+        self.assertEqual(self.client.job("a")["status"], "running")
+        self.runtime.set_available(True)
+        self.assertEqual(self.client.wait_status("a", "crashed")["exit_status"], 7)
+        self.assertEqual(self.client.put("/host/jobs/b", json=body()).status_code, 202)
+        self.client.wait_status("b", "running")
+
+
+class RestartTest(FakeAgentTestCase):
+    def test_restart_readopts_and_records_exits_while_down(self):
+        keep = self.client.wait_status(self.client.put_job("keep", body())["job"]["id"], "running")
+        gone = self.client.wait_status(self.client.put_job("gone", body())["job"]["id"], "running")
+        cursor = self.client.get("/host/events").json()["cursor"]
+        self.host.stop()
+        self.runtime.exit(gone["container_id"], 0)
+        started_before = self.runtime.containers[keep["container_id"]]["state"].started_at
+        self.restart()
+        self.assertEqual(self.client.wait_status("gone", "done")["exit_status"], 0)
+        again = self.client.job("keep")
+        self.assertEqual(again["status"], "running")
+        self.assertEqual(again["container_id"], keep["container_id"])
+        self.assertEqual(self.runtime.containers[keep["container_id"]]["state"].started_at,
+                         started_before)
+        # a client that follows with its old cursor sees the exit, and nothing is missing
+        events = self.client.get("/host/events", params={"since": cursor}).json()["events"]
+        self.assertEqual([(e["cursor"], e["job_id"], e["event"]) for e in events],
+                         [(cursor + 1, "gone", "stop")])
+        # ports of the running job are still held
+        port_job = self.client.put("/host/jobs/x", json=body(
+            config={"ports": [{"port": p["port"]} for p in again["ports"]]}))
+        self.assertEqual(port_job.status_code, 202)
+
+    def test_lost_table_is_rebuilt_from_labels(self):
+        job = self.client.wait_status(self.client.put_job(
+            "lost", body(config={"ports": [{"port": 0}]}))["job"]["id"], "running")
+        self.host.stop()
+        old_dir = self.host.state_dir
+        self.host = InProcessAgent(self.runtime)  # a new, empty state dir
+        self.addCleanup(shutil.rmtree, old_dir, True)
+        self.client, self.agent = self.host.client, self.host.agent
+        adopted = self.client.wait_status("lost", "running")
+        self.assertEqual(adopted["container_id"], job["container_id"])
+        self.assertEqual(adopted["ports"], job["ports"])
+        self.assertEqual(adopted["job"], job["job"])
+
+    def test_force_kills_what_a_previous_instance_left(self):
+        job = self.client.wait_status(self.client.put_job("old", body())["job"]["id"], "running")
+        self.host.stop()
+        self.restart(flags=("-force",))
+        ended = self.client.job("old")
+        self.assertEqual(ended["status"], "crashed")
+        self.assertIn("-force", ended["error"])
+        self.assertNotIn(job["container_id"], self.runtime.containers)
+        self.assertEqual(self.runtime.list({LABEL_HOST_ID: "inproc"}), [])

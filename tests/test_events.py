@@ -1,0 +1,90 @@
+"""The event log: contiguous cursors, the retained window, and long-poll wake-up."""
+import time
+import unittest
+
+import gevent
+
+from host.errors import CursorExpired, ValidationError
+from host.events import EventLog
+from host.types import Event
+
+
+def event(cursor, job_id="j"):
+    return Event(cursor=cursor, type="job", event="create", host_id="h", job_id=job_id, job=None,
+                 time="2026-01-01T00:00:00.000000Z")
+
+
+class EventLogTest(unittest.TestCase):
+    def test_cursors_and_since(self):
+        log = EventLog(capacity=5)
+        for c in range(1, 4):
+            log.append(event(c))
+        self.assertEqual([e.cursor for e, _ in log.since(0)], [1, 2, 3])
+        self.assertEqual([e.cursor for e, _ in log.since(2)], [3])
+        self.assertEqual(log.since(3), [])
+
+    def test_window_expiry(self):
+        log = EventLog(capacity=3)
+        for c in range(1, 7):
+            log.append(event(c))
+        self.assertEqual([e.cursor for e, _ in log.since(3)], [4, 5, 6])
+        with self.assertRaises(CursorExpired) as caught:
+            log.since(2)
+        self.assertIn("oldest 4", caught.exception.message)
+        self.assertEqual(caught.exception.status, 410)
+
+    def test_future_cursor_is_rejected(self):
+        log = EventLog(capacity=3)
+        log.append(event(1))
+        with self.assertRaises(ValidationError):
+            log.since(2)
+
+    def test_resumes_after_restart(self):
+        log = EventLog(capacity=10, last_cursor=42, backlog=[event(41), event(42)])
+        self.assertEqual(log.next_cursor, 43)
+        self.assertEqual([e.cursor for e, _ in log.since(40)], [41, 42])
+        with self.assertRaises(CursorExpired):
+            log.since(39)
+        empty = EventLog(capacity=10, last_cursor=42)
+        self.assertEqual(empty.since(42), [])
+        with self.assertRaises(CursorExpired):
+            empty.since(41)
+
+    def test_out_of_order_append_is_a_bug(self):
+        log = EventLog(capacity=3)
+        log.append(event(1))
+        with self.assertRaises(ValueError):
+            log.append(event(3))
+
+    def test_wait_wakes_on_append_not_on_timeout(self):
+        log = EventLog(capacity=10)
+        gevent.spawn_later(0.05, log.append, event(1))
+        started = time.monotonic()
+        found, cursor = log.wait(0, timeout=10)
+        self.assertEqual([e.cursor for e, _ in found], [1])
+        self.assertEqual(cursor, 1)
+        self.assertLess(time.monotonic() - started, 5)  # woken by the event, not the 10 s timeout
+
+    def test_wait_times_out_empty_with_same_cursor(self):
+        log = EventLog(capacity=10)
+        found, cursor = log.wait(0, timeout=0.05)
+        self.assertEqual((found, cursor), ([], 0))
+
+    def test_filtered_wait_skips_other_jobs_and_advances_cursor(self):
+        log = EventLog(capacity=10)
+        gevent.spawn_later(0.02, log.append, event(1, "other"))
+        gevent.spawn_later(0.05, log.append, event(2, "mine"))
+        found, cursor = log.wait(0, timeout=10, match=lambda e: e.job_id == "mine")
+        self.assertEqual([e.job_id for e, _ in found], ["mine"])
+        self.assertEqual(cursor, 2)
+        found, cursor = log.wait(0, timeout=0, match=lambda e: e.job_id == "none")
+        self.assertEqual((found, cursor), ([], 2))
+
+    def test_many_waiters_all_woken(self):
+        log = EventLog(capacity=10)
+        waiters = [gevent.spawn(log.wait, 0, 10) for _ in range(200)]
+        gevent.sleep(0)
+        log.append(event(1))
+        gevent.joinall(waiters, timeout=5)
+        self.assertTrue(all(w.successful() for w in waiters))
+        self.assertTrue(all(w.value[1] == 1 and len(w.value[0]) == 1 for w in waiters))
