@@ -264,6 +264,10 @@ class JobSupervisor:
 
     def _record_exit(self, job_id: str, state: ContainerState):
         job = self.table.get(job_id)
+        if job.status == STARTING:
+            # it did run, however briefly: clients see start before stop, always
+            self.table.transition(job_id, RUNNING, started_at=state.started_at,
+                                  internal_ip=state.ip, container_id=state.id)
         started = job.started_at or state.started_at
         ended = max(state.finished_at or self.clock.now_text(), started or "")
         status = DONE if state.exit_code == 0 and not state.oom_killed else CRASHED

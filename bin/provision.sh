@@ -1,0 +1,86 @@
+# Provisioning shared by bin/run and bin/test (sourced, not run). Debian 12, as root.
+# Installs what is missing, makes the virtualenv, and finds or starts a Docker engine.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${FLYNN_HOST_VENV:-$REPO/.venv}"
+#: where we start our own dockerd when no engine is reachable
+OWN_DOCKER_DIR="${FLYNN_HOST_DOCKER_DIR:-/run/flynn-host}"
+OWN_DOCKER_DATA="${FLYNN_HOST_DOCKER_DATA:-/var/lib/flynn-host/docker}"
+OWN_DOCKER_SOCK="unix://$OWN_DOCKER_DIR/docker.sock"
+STARTED_DOCKERD_PID=""
+
+say() { echo "[flynn-host] $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+require_root() {
+    [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts dockerd)"
+}
+
+# ensure_packages COMMAND:PACKAGE... installs each package whose command is missing
+ensure_packages() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
+}
+
+# ensure_venv EXTRAS: the package installed (editable) in $VENV; reinstalled when setup.py changes
+ensure_venv() {
+    local extras="$1" stamp="$VENV/.flynn-host-installed"
+    local want
+    want="$(sha256sum "$REPO/setup.py" | cut -c1-16)-$extras"
+    [ -x "$VENV/bin/python" ] || { say "creating $VENV"; python3 -m venv "$VENV" || die "venv failed"; }
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "installing the package into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO${extras:+[$extras]}" \
+            || die "pip install failed"
+        echo "$want" > "$stamp"
+    fi
+}
+
+docker_reachable() { DOCKER_HOST="$1" timeout 10 docker version >/dev/null 2>&1; }
+
+# ensure_docker [dockerd flags...]: export DOCKER_HOST for a reachable engine, starting our own
+# dockerd (project-owned socket and data root) when there is none. Sets STARTED_DOCKERD_PID.
+ensure_docker() {
+    local candidate
+    for candidate in "${DOCKER_HOST:-}" unix:///var/run/docker.sock "$OWN_DOCKER_SOCK"; do
+        if [ -n "$candidate" ] && docker_reachable "$candidate"; then
+            export DOCKER_HOST="$candidate"
+            say "using the Docker engine at $DOCKER_HOST"
+            return 0
+        fi
+    done
+    mkdir -p "$OWN_DOCKER_DIR" "$OWN_DOCKER_DATA"
+    say "starting dockerd at $OWN_DOCKER_SOCK (log: $OWN_DOCKER_DIR/dockerd.log)"
+    # its own session: a Ctrl-C in this terminal reaches the agent, not dockerd
+    setsid dockerd --host "$OWN_DOCKER_SOCK" --data-root "$OWN_DOCKER_DATA" \
+        --exec-root "$OWN_DOCKER_DIR/exec" --pidfile "$OWN_DOCKER_DIR/docker.pid" "$@" \
+        >"$OWN_DOCKER_DIR/dockerd.log" 2>&1 < /dev/null &
+    STARTED_DOCKERD_PID=$!
+    export DOCKER_HOST="$OWN_DOCKER_SOCK"
+    local waited=0
+    until docker_reachable "$DOCKER_HOST"; do
+        kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null \
+            || die "dockerd exited; see $OWN_DOCKER_DIR/dockerd.log: $(tail -n 3 "$OWN_DOCKER_DIR/dockerd.log")"
+        [ $waited -lt 600 ] || die "dockerd not ready after 60s; see $OWN_DOCKER_DIR/dockerd.log"
+        sleep 0.1; waited=$((waited + 1))
+    done
+}
+
+stop_started_dockerd() {
+    # silent: bin/test's last line must stay the test summary
+    [ -n "$STARTED_DOCKERD_PID" ] || return 0
+    kill -TERM "$STARTED_DOCKERD_PID" 2>/dev/null
+    local waited=0
+    while kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null && [ $waited -lt 300 ]; do
+        sleep 0.1; waited=$((waited + 1))
+    done
+    STARTED_DOCKERD_PID=""
+}

@@ -1,0 +1,140 @@
+"""Bad input answers one JSON error shape (docs/API.md), never a traceback, never lost state."""
+import unittest
+
+from host.runtime.fake import FakeRuntime
+from tests.support import InProcessAgent
+
+GOOD = {"config": {"image": "busybox", "cmd": ["sleep", "1"]}}
+
+
+class ApiErrorTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.runtime = FakeRuntime()
+        cls.host = InProcessAgent(cls.runtime, flags=("-event-buffer", "5"))
+        cls.client = cls.host.client
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.host.close()
+
+    def assertError(self, resp, status, code, fragment=""):
+        self.assertEqual(resp.status_code, status, resp.text)
+        self.assertTrue(resp.headers["Content-Type"].startswith("application/json"))
+        body = resp.json()
+        self.assertEqual(set(body), {"code", "message", "retry"}, body)
+        self.assertEqual(body["code"], code)
+        self.assertIn(fragment, body["message"])
+        self.assertNotIn("Traceback", resp.text)
+        return body
+
+    def put_raw(self, job_id, data, **headers):
+        return self.client.put(f"/host/jobs/{job_id}", data=data, headers=headers)
+
+    def test_bodies(self):
+        self.assertError(self.put_raw("a", b"{not json"), 400, "validation_error", "not valid JSON")
+        self.assertError(self.put_raw("a", b""), 400, "validation_error", "body: required")
+        self.assertError(self.put_raw("a", b"\xff\xfe"), 400, "validation_error", "not valid JSON")
+        self.assertError(self.client.put("/host/jobs/a", json=[1, 2]), 400, "validation_error",
+                         "job: must be an object")
+        self.assertError(self.client.put("/host/jobs/a", json={"config": {}}), 400,
+                         "validation_error", "job.config.image: required")
+        self.assertError(self.client.put("/host/jobs/a", json={
+            "config": {"image": "busybox", "cmd": "sleep 1"}}), 400, "validation_error",
+            "job.config.cmd")
+        self.assertError(self.client.put("/host/jobs/a", json=dict(
+            GOOD, resources={"memory_mb": "64"})), 400, "validation_error", "memory_mb")
+        self.assertError(self.client.put("/host/jobs/a", json=dict(
+            GOOD, resources={"memory_mb": -64})), 400, "validation_error", "memory_mb")
+        self.assertError(self.client.put("/host/jobs/a", json={
+            "config": {"image": "busybox", "ports": [{"port": 70000}]}}), 400,
+            "validation_error", "ports[0].port")
+        self.assertError(self.client.put("/host/jobs/a", json=dict(GOOD, extra=1, more=2)), 400,
+                         "validation_error", "unknown field(s) extra, more")
+        self.assertIsNone(self.host.agent.table.find("a"))
+
+    def test_ids(self):
+        self.assertError(self.client.put("/host/jobs/a%20b", json=GOOD), 400, "validation_error",
+                         "job id")
+        self.assertError(self.client.put("/host/jobs/a%2Fb", json=GOOD), 400, "validation_error",
+                         "job id")
+        self.assertError(self.client.put("/host/jobs/a/b", json=GOOD), 400, "validation_error",
+                         "job id")
+        self.assertError(self.client.put("/host/jobs/" + "x" * 200, json=GOOD), 400,
+                         "validation_error", "128")
+
+    def test_too_large(self):
+        big = b'{"config": {"image": "busybox", "env": {"K": "' + b"x" * (1 << 20) + b'"}}}'
+        self.assertError(self.put_raw("big", big), 413, "too_large", "limit")
+
+        def chunks():  # no Content-Length: the limit holds while reading
+            yield big[: len(big) // 2]
+            yield big[len(big) // 2:]
+        self.assertError(self.put_raw("big", chunks()), 413, "too_large")
+        self.assertIsNone(self.host.agent.table.find("big"))
+
+    def test_conflict_and_not_found(self):
+        self.client.put_job("c", GOOD)
+        self.assertError(self.client.put("/host/jobs/c", json={"config": {"image": "other"}}),
+                         409, "conflict", "different spec")
+        for method, path in (("get", "/host/jobs/none"), ("delete", "/host/jobs/none"),
+                             ("get", "/host/jobs/none/log")):
+            self.assertError(getattr(self.client, method)(path), 404, "not_found", "none")
+        self.assertError(self.client.post("/host/jobs/none/signal", json={"signal": "HUP"}), 404,
+                         "not_found")
+
+    def test_router_errors(self):
+        self.assertError(self.client.get("/nowhere"), 404, "not_found", "no route GET /nowhere")
+        self.assertError(self.client.post("/host/status"), 405, "method_not_allowed", "GET")
+        self.assertError(self.client.get("/host/jobs/x/signal"), 405, "method_not_allowed")
+
+    def test_query_parameters(self):
+        cases = [
+            ("/host/events?since=abc", "since"), ("/host/events?wait=-1", "wait"),
+            ("/host/events?wait=1000", "wait"), ("/host/events?wait=nan", "wait"),
+            ("/host/events?stream=maybe", "stream"), ("/host/jobs?status=sleeping", "status"),
+            ("/host/events?since=99999", "ahead of the newest"),
+        ]
+        for path, fragment in cases:
+            with self.subTest(path=path):
+                self.assertError(self.client.get(path), 400, "validation_error", fragment)
+        self.client.put_job("q", GOOD)
+        for path in ("/host/jobs/q/log?tail=-5", "/host/jobs/q/log?stream=both",
+                     "/host/jobs/q/log?follow=perhaps", "/host/jobs/q?timeout=x"):
+            resp = self.client.get(path) if "timeout" not in path else \
+                self.client.delete(path)
+            with self.subTest(path=path):
+                self.assertError(resp, 400, "validation_error")
+        self.assertError(self.client.delete("/host/jobs/q?timeout=-1"), 400, "validation_error",
+                         "timeout")
+
+    def test_signals(self):
+        self.client.put_job("sig", GOOD)
+        self.client.wait_status("sig", "running")
+        self.assertError(self.client.post("/host/jobs/sig/signal", json={"signal": "NOPE"}), 400,
+                         "validation_error", "unknown signal")
+        self.assertError(self.client.post("/host/jobs/sig/signal", json={"signal": 999}), 400,
+                         "validation_error", "unknown signal number")
+        self.assertError(self.client.post("/host/jobs/sig/signal", json={"sig": "HUP"}), 400,
+                         "validation_error")
+        self.assertError(self.client.post("/host/jobs/sig/signal", data=b"HUP"), 400,
+                         "validation_error", "not valid JSON")
+
+    def test_expired_cursor(self):
+        for n in range(6):  # the buffer holds 5 events
+            self.client.put_job(f"exp{n}", dict(GOOD, attributes={"n": str(n)}))
+        cursor = self.client.get("/host/events").json()["cursor"]
+        body = self.assertError(self.client.get("/host/events", params={"since": cursor - 6}),
+                                410, "cursor_expired", "list the current state")
+        self.assertFalse(body["retry"])
+
+    def test_internal_error_hides_the_traceback(self):
+        original = self.runtime.ping
+        self.runtime.ping = lambda: 1 / 0
+        try:
+            with self.assertLogs("host.api.http", "ERROR") as logged:
+                self.assertError(self.client.get("/host/status"), 500, "internal_error", "logged")
+            self.assertIn("ZeroDivisionError", logged.output[0])  # the traceback stays server-side
+        finally:
+            self.runtime.ping = original
+        self.assertEqual(self.client.get("/host/status").status_code, 200)
