@@ -15,13 +15,13 @@ import unittest
 
 import gevent
 import requests
-from gevent.pywsgi import WSGIServer
 
 from host.agent import Agent
 from host.api import create_app
 from host.config import load_config
 from host.runtime import LABEL_HOST_ID
 from host.runtime.docker import DockerRuntime
+from host.server import wsgi_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLYNN_HOST = os.path.join(REPO, "bin", "flynn-host")
@@ -34,6 +34,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=10.0, what="the condition"):
+    """For effects that publish no event (a container removed by retention): check, yield,
+    check again, until a deadline; fails with `what` named."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        gevent.sleep(0.05)
 
 
 def require_docker():
@@ -195,8 +205,7 @@ class InProcessAgent:
         self.config = load_config(argv, environ={})
         self.agent = Agent(self.config, runtime, clock)
         self.agent.start()
-        self.server = WSGIServer(("127.0.0.1", 0), create_app(self.agent), log=None)
-        self.server.start()
+        self.server = wsgi_server(create_app(self.agent), "127.0.0.1", 0)
         self.client = AgentClient(f"http://127.0.0.1:{self.server.server_port}")
         self.stopped = False
 

@@ -1,6 +1,8 @@
 """Configuration: declared once, flags and environment, validated, frozen."""
+import socket
 import subprocess
 import sys
+import tempfile
 import unittest
 
 from host.config import ConfigError, HelpRequested, load_config, parse_flags
@@ -96,3 +98,31 @@ class ConfigTest(unittest.TestCase):
                               text=True, timeout=60)
         self.assertEqual(proc.returncode, 2)
         self.assertIn("unknown command", proc.stderr)
+
+
+class DaemonStartFailureTest(unittest.TestCase):
+    """Start-up problems that are not bad flags: one clear line and exit 1, no traceback."""
+
+    def run_daemon(self, *args):
+        state = tempfile.mkdtemp()
+        proc = subprocess.run([sys.executable, FLYNN_HOST, "-state-dir", state, *args],
+                              capture_output=True, text=True, timeout=60)
+        self.assertNotIn("Traceback", proc.stderr)
+        return proc
+
+    def test_listen_address_in_use(self):
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            port = held.getsockname()[1]
+            proc = self.run_daemon("-listen", f"127.0.0.1:{port}", "-id", "inuse")
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f"cannot listen on 127.0.0.1:{port}", proc.stderr)
+
+    def test_state_dir_that_is_a_file(self):
+        with tempfile.NamedTemporaryFile() as not_a_dir:
+            proc = subprocess.run([sys.executable, FLYNN_HOST, "-state-dir", not_a_dir.name],
+                                  capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("cannot start", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)

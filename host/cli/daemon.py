@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIServer
 
 from host.agent import Agent
 from host.api import create_app
@@ -16,12 +16,22 @@ from host.config import ConfigError, HelpRequested, load_config, usage
 from host.errors import FlynnError
 from host.logsetup import configure_logging
 from host.runtime.docker import DockerRuntime
+from host.server import wsgi_server
 
 log = logging.getLogger("host.daemon")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+
+def raise_open_file_limit():
+    """Every long-poll client holds a socket: lift the soft descriptor limit to the hard one
+    (as Go's runtime does for the original)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.debug("open file limit raised from %d to %d", soft, hard)
 
 
 def run(argv: list, environ=None) -> int:
@@ -34,6 +44,7 @@ def run(argv: list, environ=None) -> int:
         print(f"flynn-host: {e}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.log_level)
+    raise_open_file_limit()
 
     try:
         agent = Agent(config, DockerRuntime())
@@ -43,10 +54,8 @@ def run(argv: list, environ=None) -> int:
         return EXIT_FAILURE
 
     host, port = config.listen
-    server = WSGIServer((host, port), create_app(agent), log=logging.getLogger("host.access"),
-                        error_log=logging.getLogger("host.wsgi"))
     try:
-        server.start()
+        server = wsgi_server(create_app(agent), host, port)
     except OSError as e:
         print(f"flynn-host: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
         agent.stop()
