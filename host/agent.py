@@ -126,7 +126,8 @@ class Agent:
     def status(self) -> dict:
         try:
             self.runtime.ping()
-            docker_state = "ok"
+            docker_state = "ok" if self.supervisor.events_connected else \
+                "unavailable: not following Docker's events yet"
         except FlynnError as e:
             docker_state = f"unavailable: {e}"
         allocated = self.table.allocated()

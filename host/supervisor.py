@@ -68,7 +68,9 @@ class JobSupervisor:
                 return existing, False
             raise Conflict(f"job {job.id!r} exists with a different spec")
         self._check_fits(job)
-        self.runtime.ping()  # Unavailable (503) now beats accepting a job we cannot start
+        if not self.events_connected:  # 503 now beats accepting a job we could not track
+            raise errors.Unavailable("Docker is unreachable (not following its events); "
+                                     "retry shortly")
         bindings = self.ports.reserve(job.config.ports)
         active = self.table.add(job, bindings)
         self._spawn(self._start, job.id)
@@ -163,11 +165,15 @@ class JobSupervisor:
         active = self.table.get(job_id)
         if active.status != STARTING or self._ended_by_stop_request(active):
             return
-        self.runtime.ensure_image(active.job.config.image)  # may take long: a pull
-        if self._ended_by_stop_request(active):
-            return
         if not active.container_id:
-            container_id = self.runtime.create(self.container_spec(active))
+            spec = self.container_spec(active)
+            try:
+                container_id = self.runtime.create(spec)
+            except errors.ImageNotFound:
+                self.runtime.pull(spec.image)  # may take long
+                if self._ended_by_stop_request(active):
+                    return
+                container_id = self.runtime.create(spec)
             self.table.update(job_id, container_id=container_id)
             log.debug("job %s: created container %s", job_id, container_id[:12])
         if self._ended_by_stop_request(active):

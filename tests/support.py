@@ -147,7 +147,8 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.client.get("/host/status", timeout=2).status_code == 200:
+                status = self.client.get("/host/status", timeout=2)
+                if status.status_code == 200 and status.json()["docker"] == "ok":
                     return
             except requests.ConnectionError:
                 pass
@@ -205,6 +206,7 @@ class InProcessAgent:
         self.config = load_config(argv, environ={})
         self.agent = Agent(self.config, runtime, clock)
         self.agent.start()
+        wait_until(lambda: self.agent.supervisor.events_connected, 5, "following runtime events")
         self.server = wsgi_server(create_app(self.agent), "127.0.0.1", 0)
         self.client = AgentClient(f"http://127.0.0.1:{self.server.server_port}")
         self.stopped = False

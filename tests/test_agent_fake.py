@@ -64,6 +64,13 @@ class JobLifeTest(FakeAgentTestCase):
         self.assertIn("nope:1", job["error"])
         self.assertIsNone(job["container_id"])
 
+    def test_image_pulled_when_missing(self):
+        self.runtime.pullable.add("remote:1")
+        self.client.put_job("pulled", body(image="remote:1"))
+        self.assertEqual(self.client.wait_status("pulled", "running")["job"]["config"]["image"],
+                         "remote:1")
+        self.assertIn("remote:1", self.runtime.images)
+
     def test_idempotent_put(self):
         first = self.client.put("/host/jobs/a", json=body())
         again = self.client.put("/host/jobs/a", json=body())
@@ -121,10 +128,10 @@ class JobLifeTest(FakeAgentTestCase):
         self.assertEqual(resp.status_code, 409)
 
     def test_stop_before_start(self):
-        self.runtime.images.add("slow")
+        self.runtime.pullable.add("slow")
         gate = gevent.event.Event()
-        original = self.runtime.ensure_image
-        self.runtime.ensure_image = lambda image: (gate.wait(5), original(image))
+        original = self.runtime.pull
+        self.runtime.pull = lambda image: (gate.wait(5), original(image))
         self.client.put_job("early", body(image="slow"))
         self.assertEqual(self.client.delete("/host/jobs/early").status_code, 202)
         gate.set()

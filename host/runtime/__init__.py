@@ -63,13 +63,14 @@ class Runtime:
     def ping(self) -> None:
         raise NotImplementedError
 
-    def ensure_image(self, image: str) -> None:
-        """Make sure the image is present, pulling it if not. Raises ImageNotFound."""
+    def pull(self, image: str) -> None:
+        """Pull the image. Raises ImageNotFound when it cannot be had."""
         raise NotImplementedError
 
     def create(self, spec: ContainerSpec) -> str:
         """Create the container and return its id. If a container with spec.name exists
-        already (a previous attempt got this far), return that one's id."""
+        already (a previous attempt got this far), return that one's id. Raises ImageNotFound
+        when the image is not present (the caller pulls, then creates again)."""
         raise NotImplementedError
 
     def start(self, container_id: str) -> None:

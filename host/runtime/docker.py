@@ -78,25 +78,19 @@ class DockerRuntime(Runtime):
         with self._call("pinging Docker") as api:
             api.ping()
 
-    def ensure_image(self, image: str) -> None:
-        with self._call(f"looking up image {image}") as api:
-            try:
-                api.inspect_image(image)
-                return
-            except docker.errors.ImageNotFound:
-                pass
-            repository, tag = docker.utils.parse_repository_tag(image)
-            log.info("pulling image %s", image)
+    def pull(self, image: str) -> None:
+        repository, tag = docker.utils.parse_repository_tag(image)
+        log.info("pulling image %s", image)
+        with self._call(f"pulling image {image}") as api:
             try:
                 for message in api.pull(repository, tag=tag or "latest", stream=True, decode=True):
-                    if "error" in message:
+                    if "error" in message:  # pull failures arrive inside a 200 stream
                         raise errors.ImageNotFound(
                             f"image {image} is not present and could not be pulled: "
                             f"{message['error']}")
             except docker.errors.APIError as e:
                 raise errors.ImageNotFound(f"image {image} is not present and could not be "
                                            f"pulled: {e.explanation or e}") from e
-            api.inspect_image(image)
 
     def create(self, spec: ContainerSpec) -> str:
         with self._call(f"creating container {spec.name}") as api:

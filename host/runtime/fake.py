@@ -19,7 +19,8 @@ _BROKEN = object()
 class FakeRuntime(Runtime):
     def __init__(self, clock: Optional[Clock] = None, images=("busybox",)):
         self.clock = clock or Clock()
-        self.images = set(images)
+        self.images = set(images)       # present locally
+        self.pullable: set = set()      # not present, but a pull brings them
         self.containers: dict = {}      # id -> {"spec", "state", "output"}
         self.available = True
         self.signals: list = []         # (container id, signal) received
@@ -59,16 +60,19 @@ class FakeRuntime(Runtime):
     def ping(self):
         self._check()
 
-    def ensure_image(self, image: str):
+    def pull(self, image: str):
         self._check()
-        if image not in self.images:
+        if image not in self.pullable:
             raise errors.ImageNotFound(f"image {image} is not present and could not be pulled")
+        self.images.add(image)
 
     def create(self, spec: ContainerSpec) -> str:
         self._check()
         existing = self.by_name(spec.name)
         if existing:
             return existing
+        if spec.image not in self.images:
+            raise errors.ImageNotFound(f"no such image: {spec.image}")
         cid = f"fake{next(self._ids):060d}"
         state = ContainerState(id=cid, status="created", running=False, exit_code=None,
                                oom_killed=False, started_at=None, finished_at=None, ip=None,
