@@ -29,7 +29,10 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def wsgi_server(app, host: str, port: int) -> WSGIServer:
     """A started server for `app`. Raises OSError when the address cannot be bound."""
-    server = WSGIServer(listen_socket(host, port), app, log=logging.getLogger("host.access"),
+    access = logging.getLogger("host.access")
+    # pywsgi formats the access line before the logger's level can drop it: skip it unless wanted
+    server = WSGIServer(listen_socket(host, port), app,
+                        log=access if access.isEnabledFor(logging.DEBUG) else None,
                         error_log=logging.getLogger("host.wsgi"))
     server.start()
     return server
