@@ -6,8 +6,9 @@ client receives: latency = receipt time - the event's own `time`; each client ch
 every cursor exactly once (missed = gaps). Reported: p50/p99/max latency and missed events.
 
 Baseline, run right after on the same machine with the same clients: a bare gevent pywsgi server
-answering the same protocol from an in-memory list, fed at the same event rate. The ratio shows what
-the agent's stack (Bottle, the job table, SQLite, Docker) adds to the floor of the server itself.
+answering the same protocol from an in-memory list, fed at the same event rate, while a separate
+process starts containers at the agent side's rate (the engine's CPU load is the same on both
+sides). The ratio shows what the agent's stack adds to the floor of the server itself.
 
 Needs DOCKER_HOST and the test image (bin/test provisions both): `python bench/longpoll.py`.
 Tunables: BENCH_CLIENTS (1000), BENCH_SECONDS (30), BENCH_JOBS_PER_S (4, ~3 events each).
@@ -19,6 +20,7 @@ monkey.patch_all()
 import http.client  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -41,13 +43,39 @@ def event_time(text: str) -> float:
 
 
 class Client:
+    """A minimal HTTP/1.1 keep-alive client on a raw socket: the benchmark should measure the
+    server, and http.client's header parsing would cost more than the server's reply."""
+
     def __init__(self, port: int, since: int):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90)
+        self.port = port
+        self.sock = None
         self.cursor = since
         self.first = since
         self.seen = []
         self.latencies = []
         self.errors = 0
+
+    def _get(self, path: str) -> tuple:
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buffer = b""
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
+        while b"\r\n\r\n" not in self.buffer:
+            self._recv()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status = int(head[9:12])
+        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        while len(self.buffer) < length:
+            self._recv()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, body
+
+    def _recv(self):
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionError("closed")
+        self.buffer += data
 
     def run(self, until_cursor: gevent.event.AsyncResult):
         while True:
@@ -55,16 +83,16 @@ class Client:
             if final is not None and self.cursor >= final:
                 return
             try:
-                self.conn.request("GET", f"/host/events?since={self.cursor}&wait=30")
-                resp = self.conn.getresponse()
-                body = resp.read()
-            except (OSError, http.client.HTTPException):
+                status, body = self._get(f"/host/events?since={self.cursor}&wait=30")
+            except (OSError, ValueError, IndexError):
                 self.errors += 1
-                self.conn.close()
+                if self.sock is not None:
+                    self.sock.close()
+                self.sock = None
                 gevent.sleep(0.1)
                 continue
             received = time.time()
-            if resp.status != 200:
+            if status != 200:
                 self.errors += 1
                 continue
             page = simplejson.loads(body)
@@ -88,7 +116,9 @@ def measure(port: int, generate, label: str) -> dict:
     clients = [Client(port, since) for _ in range(CLIENTS)]
     pollers = [gevent.spawn(c.run, final) for c in clients]
     gevent.sleep(2)  # let every client connect and park in its wait
+    started = time.monotonic()
     last = generate()
+    elapsed = time.monotonic() - started
     final.set(last)
     gevent.joinall(pollers, timeout=60)
     unfinished = sum(1 for p in pollers if not p.ready())
@@ -96,7 +126,7 @@ def measure(port: int, generate, label: str) -> dict:
     latencies = sorted(x for c in clients for x in c.latencies)
     events = last - since
     result = {
-        "label": label, "events": events, "rate": events / SECONDS,
+        "label": label, "events": events, "rate": events / elapsed,
         "deliveries": len(latencies),
         "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else float("nan"),
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
@@ -116,18 +146,27 @@ def run_agent_side() -> dict:
     runtime = require_docker()
     agent = AgentProcess(f"benchpoll{os.getpid()}", args=[
         "-log-level", "warning", "-retain-ended", "20", "-cpu-shares", "1000000"]).start()
-    body = simplejson.dumps({"config": {"image": TEST_IMAGE, "cmd": ["true"]}})
+    body = simplejson.dumps({"config": {"image": os.environ.get("BENCH_IMAGE", TEST_IMAGE),
+                                        "cmd": ["true"]}})
+
+    def place(n):
+        conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=60)
+        conn.request("PUT", f"/host/jobs/poll-{n}", body=body)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 202, resp.status
 
     def generate():
-        conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
-        started, n = time.monotonic(), 0
+        # each PUT in its own greenlet at its scheduled time, so a slow answer does not
+        # lower the event rate
+        started, n, puts = time.monotonic(), 0, []
         while time.monotonic() - started < SECONDS:
-            conn.request("PUT", f"/host/jobs/poll-{n}", body=body)
-            resp = conn.getresponse()
-            resp.read()
-            assert resp.status == 202, resp.status
+            puts.append(gevent.spawn(place, n))
             n += 1
             gevent.sleep(max(0.0, started + n / JOBS_PER_S - time.monotonic()))
+        gevent.joinall(puts, raise_error=True)
+        conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
         # every job placed reaches its final state (3 events each) before we take the cursor
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -183,6 +222,27 @@ def baseline_server(port: int, rate: float):
     gevent.wait()
 
 
+def churn_containers(jobs_per_s: float, seconds: float):
+    """Start `true` containers at the agent side's rate, so the baseline runs while the machine
+    does the same container work (dockerd, containerd and runc share these 2 cores)."""
+    from tests.support import TEST_IMAGE, remove_host_containers, require_docker
+    runtime = require_docker()
+    api = runtime._client()
+    label = f"benchchurn{os.getpid()}"
+
+    def one():
+        container = api.create_container(TEST_IMAGE, ["true"], labels={"flynn-host.id": label})
+        api.start(container)
+
+    started, n, runs = time.monotonic(), 0, []
+    while time.monotonic() - started < seconds:
+        runs.append(gevent.spawn(one))
+        n += 1
+        gevent.sleep(max(0.0, started + n / jobs_per_s - time.monotonic()))
+    gevent.joinall(runs)
+    remove_host_containers(runtime, label)
+
+
 def run_baseline_side(rate: float) -> dict:
     from tests.support import free_port
     port = free_port()
@@ -190,7 +250,11 @@ def run_baseline_side(rate: float) -> dict:
                             stdout=subprocess.PIPE)
     proc.stdout.readline()  # listening
 
+    churn = []
+
     def generate():
+        churn.append(subprocess.Popen([sys.executable, __file__, "--churn", str(JOBS_PER_S),
+                                       str(SECONDS)]))
         gevent.sleep(SECONDS)
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.request("GET", "/host/events")
@@ -202,6 +266,8 @@ def run_baseline_side(rate: float) -> dict:
     finally:
         proc.kill()
         proc.wait()
+        for process in churn:
+            process.wait()
 
 
 def main():
@@ -221,5 +287,7 @@ def main():
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--baseline-server"]:
         baseline_server(int(sys.argv[2]), float(sys.argv[3]))
+    elif sys.argv[1:2] == ["--churn"]:
+        churn_containers(float(sys.argv[2]), float(sys.argv[3]))
     else:
         main()

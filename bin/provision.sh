@@ -84,3 +84,24 @@ stop_started_dockerd() {
     done
     STARTED_DOCKERD_PID=""
 }
+
+# ensure_test_image: the tests' image, built from Debian's busybox-static with `docker import`
+# (no registry here). Exports FLYNN_TEST_IMAGE.
+ensure_test_image() {
+    export FLYNN_TEST_IMAGE="flynn-test/busybox:latest"
+    docker image inspect "$FLYNN_TEST_IMAGE" >/dev/null 2>&1 && return 0
+    say "building $FLYNN_TEST_IMAGE from $(command -v busybox)"
+    local rootfs applet
+    rootfs="$(mktemp -d)"
+    mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/etc"
+    cp "$(command -v busybox)" "$rootfs/bin/busybox"
+    for applet in $("$rootfs/bin/busybox" --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
+    done
+    echo 'root:x:0:0:root:/:/bin/sh' > "$rootfs/etc/passwd"
+    echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> "$rootfs/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' > "$rootfs/etc/group"
+    tar -C "$rootfs" -c . | docker import - "$FLYNN_TEST_IMAGE" >/dev/null \
+        || die "docker import failed"
+    rm -rf "$rootfs"
+}

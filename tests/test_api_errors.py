@@ -87,6 +87,7 @@ class ApiErrorTest(unittest.TestCase):
         self.assertError(self.client.get("/nowhere"), 404, "not_found", "no route GET /nowhere")
         self.assertError(self.client.post("/host/status"), 405, "method_not_allowed", "GET")
         self.assertError(self.client.get("/host/jobs/x/signal"), 405, "method_not_allowed")
+        self.assertError(self.client.post("/host/events"), 405, "method_not_allowed", "GET")
 
     def test_query_parameters(self):
         cases = [

@@ -1,14 +1,57 @@
 """The agent's WSGI application: create_app(agent) -> Bottle. No module-level app."""
 from __future__ import annotations
 
+from http import HTTPStatus
+import logging
+from urllib.parse import parse_qs
+
 import bottle
+import simplejson
 
 from host.api import host as host_routes
-from host.api.http import json_errors, router_error
+from host.api.events import events_response
+from host.api.http import JSON_TYPE, json_errors, router_error
+from host.errors import FlynnError, InternalError
+
+log = logging.getLogger(__name__)
+
+
+class AgentApp(bottle.Bottle):
+    """The Bottle app, with one fast lane. Every long-poll client re-polls `GET /host/events`
+    after every event, so with a thousand clients that route is nearly all of the traffic; it is
+    answered here without Bottle's per-request machinery (request binding, routing, plugins),
+    by the same events_response() the Bottle route uses."""
+
+    def __init__(self, agent):
+        super().__init__(catchall=True)
+        self._event_log = agent.table.events
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/host/events" and environ.get("REQUEST_METHOD") == "GET":
+            return self._events_fast_lane(environ, start_response)
+        return super().__call__(environ, start_response)
+
+    def _events_fast_lane(self, environ, start_response):
+        query = {name: values[-1] for name, values in
+                 parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
+        try:
+            status, content_type, body = events_response(self._event_log, query)
+        except FlynnError as e:
+            status, content_type, body = e.status, JSON_TYPE, simplejson.dumps(e.to_dict())
+        except Exception:
+            log.exception("unhandled error serving GET /host/events")
+            error = InternalError("internal error (logged by the agent)")
+            status, content_type, body = error.status, JSON_TYPE, simplejson.dumps(error.to_dict())
+        headers = [("Content-Type", content_type)]
+        if isinstance(body, str):
+            body = [body.encode()]
+            headers.append(("Content-Length", str(len(body[0]))))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return body
 
 
 def create_app(agent) -> bottle.Bottle:
-    app = bottle.Bottle(catchall=True)
+    app = AgentApp(agent)
     app.uninstall(bottle.JSONPlugin)   # we write JSON ourselves, with simplejson
     app.install(json_errors)
     app.default_error_handler = router_error

@@ -80,15 +80,15 @@ def read_json(max_bytes: int):
         raise ValidationError(f"body: not valid JSON: {e}") from None
 
 
-# ---- query parameters -------------------------------------------------------------------------
+# ---- query parameters: `query` is a mapping of name -> last value (bottle.request.query) ------
 
-def _raw(name: str):
-    value = bottle.request.query.get(name)
+def _raw(query, name: str):
+    value = query.get(name)
     return None if value is None or value == "" else value
 
 
-def int_param(name: str, default, low: int, high: int):
-    raw = _raw(name)
+def int_param(query, name: str, default, low: int, high: int):
+    raw = _raw(query, name)
     if raw is None:
         return default
     try:
@@ -100,8 +100,8 @@ def int_param(name: str, default, low: int, high: int):
     return value
 
 
-def float_param(name: str, default, low: float, high: float):
-    raw = _raw(name)
+def float_param(query, name: str, default, low: float, high: float):
+    raw = _raw(query, name)
     if raw is None:
         return default
     try:
@@ -113,8 +113,8 @@ def float_param(name: str, default, low: float, high: float):
     return value
 
 
-def bool_param(name: str) -> bool:
-    raw = _raw(name)
+def bool_param(query, name: str) -> bool:
+    raw = _raw(query, name)
     if raw is None:
         return False
     lowered = raw.lower()
@@ -125,8 +125,8 @@ def bool_param(name: str) -> bool:
     raise ValidationError(f"{name}: {raw!r} is not true or false")
 
 
-def choice_param(name: str, choices: tuple):
-    raw = _raw(name)
+def choice_param(query, name: str, choices: tuple):
+    raw = _raw(query, name)
     if raw is not None and raw not in choices:
         raise ValidationError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
     return raw

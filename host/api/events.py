@@ -1,0 +1,46 @@
+"""GET /host/events: the long-poll and the stream, independent of Bottle so that the app's fast
+lane and the Bottle route answer from the same code."""
+from __future__ import annotations
+
+import simplejson
+
+from host import errors
+from host.api.http import JSON_TYPE, bool_param, float_param, int_param
+from host.events import EventLog
+
+#: seconds between keep-alive blank lines on a streamed event response
+STREAM_KEEPALIVE_S = 15.0
+#: longest a long-poll may wait, seconds
+MAX_WAIT_S = 60.0
+NDJSON_TYPE = "application/x-ndjson"
+
+
+def events_response(log: EventLog, query) -> tuple:
+    """(status, content type, body) for a query mapping of name -> value. The body is text for a
+    long-poll, an iterator of bytes for a stream. Raises FlynnError for bad parameters."""
+    since = int_param(query, "since", None, 0, 1 << 62)
+    wait = float_param(query, "wait", 0.0, 0, MAX_WAIT_S)
+    job_filter = query.get("job_id") or None
+    match = (lambda e: e.job_id == job_filter) if job_filter else None
+    stream = bool_param(query, "stream")
+    since = log.last_cursor if since is None else since
+    log.check_cursor(since)
+    if stream:
+        return 200, NDJSON_TYPE, _stream(log, since, match)
+    found, cursor = log.wait(since, wait, match)
+    # events are serialized once, when published; a response only joins them
+    return 200, JSON_TYPE, '{"events": [%s], "cursor": %d}' % (",".join(j for _, j in found),
+                                                               cursor)
+
+
+def _stream(log: EventLog, since: int, match):
+    """Newline-delimited events, a blank line every STREAM_KEEPALIVE_S when idle. A consumer so
+    slow that its cursor leaves the retained window gets a last line with the error."""
+    cursor = since
+    while True:
+        try:
+            found, cursor = log.wait(cursor, STREAM_KEEPALIVE_S, match)
+        except errors.CursorExpired as e:
+            yield (simplejson.dumps({"error": e.to_dict()}) + "\n").encode()
+            return
+        yield ("".join(j + "\n" for _, j in found) or "\n").encode()
