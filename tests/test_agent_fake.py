@@ -156,8 +156,10 @@ class JobLifeTest(FakeAgentTestCase):
 class EngineOutageTest(FakeAgentTestCase):
     def test_unavailable_then_recovers(self):
         job = self.client.wait_status(self.client.put_job("a", body())["job"]["id"], "running")
-        self.runtime.set_available(False)
-        resp = self.client.put("/host/jobs/b", json=body())
+        with self.assertLogs("host.supervisor", "WARNING") as logged:
+            self.runtime.set_available(False)
+            resp = self.client.put("/host/jobs/b", json=body())
+        self.assertIn("Docker event stream lost", logged.output[0])
         self.assertEqual(resp.status_code, 503)
         self.assertEqual(resp.json()["code"], "unavailable")
         self.assertIs(resp.json()["retry"], True)

@@ -4,7 +4,6 @@ import unittest
 
 from host.errors import Conflict
 from host.ports import PortAllocator, port_is_free
-from host.server import listen_socket
 from host.types import PortSpec
 
 
@@ -56,16 +55,3 @@ class PortAllocatorTest(unittest.TestCase):
                 alloc.reserve([PortSpec(0)])
         self.assertTrue(port_is_free("", port, "tcp"))
 
-
-class ListenSocketTest(unittest.TestCase):
-    def test_no_nagle_delay_on_kept_alive_connections(self):
-        sock = listen_socket("127.0.0.1", 0)
-        try:
-            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
-            client = socket.create_connection(sock.getsockname())
-            accepted, _ = sock.accept()
-            self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
-            accepted.close()
-            client.close()
-        finally:
-            sock.close()
