@@ -30,18 +30,20 @@ ensure_packages() {
         || die "apt-get install ${missing[*]} failed"
 }
 
-# ensure_venv EXTRAS: the package installed (editable) in $VENV; reinstalled when setup.py changes
+# ensure_venv EXTRAS: the package installed (editable) in $VENV, reinstalled when setup.py
+# changes or when EXTRAS were not installed yet (bin/run needs none, bin/test needs "test")
 ensure_venv() {
-    local extras="$1" stamp="$VENV/.flynn-host-installed"
-    local want
-    want="$(sha256sum "$REPO/setup.py" | cut -c1-16)-$extras"
+    local extras="$1" stamp="$VENV/.flynn-host-installed" setup_hash installed
+    setup_hash="$(sha256sum "$REPO/setup.py" | cut -c1-16)"
     [ -x "$VENV/bin/python" ] || { say "creating $VENV"; python3 -m venv "$VENV" || die "venv failed"; }
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        say "installing the package into $VENV"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO${extras:+[$extras]}" \
-            || die "pip install failed"
-        echo "$want" > "$stamp"
-    fi
+    installed="$(cat "$stamp" 2>/dev/null)"
+    case "$installed" in
+        "$setup_hash test"|"$setup_hash ${extras}") return 0 ;;
+    esac
+    say "installing the package into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO${extras:+[$extras]}" \
+        || die "pip install failed"
+    echo "$setup_hash ${extras}" > "$stamp"
 }
 
 docker_reachable() { DOCKER_HOST="$1" timeout 10 docker version >/dev/null 2>&1; }
