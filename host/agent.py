@@ -21,7 +21,11 @@ import gevent.pool
 
 import host
 from host.clock import Clock
+from host.cluster.view import ClusterView
 from host.config import Config
+from host.discovery.embedded import EmbeddedEtcd
+from host.discovery.etcd import EtcdDiscovery
+from host.discovery.heartbeat import Heartbeat
 from host.errors import FlynnError
 from host.ports import PortAllocator
 from host.runtime import Runtime
@@ -33,6 +37,14 @@ from host.types import HostResources, id_problem
 log = logging.getLogger(__name__)
 
 
+def job_summary(job) -> dict:
+    """A job as the heartbeat carries it: state, image, ports and reservations, not the spec."""
+    return {"id": job.id, "status": job.status, "image": job.job.config.image,
+            "ports": [p.to_dict() for p in job.ports], "resources": job.job.resources.to_dict(),
+            "exit_status": job.exit_status, "error": job.error, "created_at": job.created_at,
+            "started_at": job.started_at, "ended_at": job.ended_at}
+
+
 class AgentCrashed(BaseException):
     """A long-lived service died; a BaseException so no application code swallows it."""
 
@@ -40,6 +52,7 @@ class AgentCrashed(BaseException):
 def load_or_create_host_id(state_dir: str) -> str:
     """The id kept in the state dir, or a new one derived from the hostname (kept from then on,
     so renaming the machine does not turn it into a different host)."""
+    os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, "host-id")
     try:
         with open(path) as f:
@@ -62,7 +75,10 @@ class Agent:
     #: background tasks (job starts, stops, pruning) that may run at once
     task_concurrency = 64
 
-    def __init__(self, config: Config, runtime: Runtime, clock: Optional[Clock] = None):
+    def __init__(self, config: Config, runtime: Runtime, clock: Optional[Clock] = None,
+                 discovery: Optional[EtcdDiscovery] = None,
+                 embedded_etcd: Optional[EmbeddedEtcd] = None):
+        """Without `discovery` the agent runs alone: no registration, no cluster API."""
         self.config = config
         self.runtime = runtime
         self.clock = clock or Clock()
@@ -80,6 +96,13 @@ class Agent:
             capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
             table=self.table, ports=self.ports, clock=self.clock, spawn=self.spawn_task)
         self.started_at = self.clock.now_text()
+        self.discovery = discovery
+        self.embedded_etcd = embedded_etcd
+        self.heartbeat = self.view = None
+        if discovery is not None:
+            self.heartbeat = Heartbeat(discovery, self.host_id, config.heartbeat_ttl,
+                                       self.host_record)
+            self.view = ClusterView(discovery, self.host_id)
 
     # ---- greenlets ------------------------------------------------------------------------
 
@@ -90,6 +113,21 @@ class Agent:
         if self.config.force:
             self.supervisor.kill_leftovers()  # Unavailable propagates: -force needs Docker
         self.start_service("docker-events", self.supervisor.follow_runtime_events)
+        if self.embedded_etcd is not None:
+            self.embedded_etcd.start(self.discovery.ping)
+            self.start_service("etcd", lambda: self.embedded_etcd.supervise(self.discovery.ping))
+        if self.discovery is not None:
+            self.start_service("heartbeat", self.heartbeat.run)
+            self.start_service("cluster-view", self.view.run)
+            self.start_service("state-publisher", self._publish_state_changes)
+
+    def _publish_state_changes(self):
+        """Every job event changes what the heartbeat publishes."""
+        cursor = self.table.events.last_cursor
+        while True:
+            found, cursor = self.table.events.wait(cursor, 60)
+            if found:
+                self.heartbeat.mark_changed()
 
     def start_service(self, name: str, run):
         greenlet = gevent.spawn(run)
@@ -118,6 +156,10 @@ class Agent:
             greenlet.unlink(self._service_died)
         gevent.killall(list(self.services.values()), timeout=5)
         self.tasks.kill(timeout=5)
+        if self.heartbeat is not None:
+            self.heartbeat.deregister()  # the cluster reacts at once, not after the TTL
+        if self.embedded_etcd is not None:
+            self.embedded_etcd.stop()
         self.store.close()
         log.info("host %s stopped; its jobs keep running", self.host_id)
 
@@ -131,20 +173,44 @@ class Agent:
         except FlynnError as e:
             docker_state = f"unavailable: {e}"
         allocated = self.table.allocated()
+        leader = self.view.leader() if self.view is not None else None
         return {
             "id": self.host_id,
             "addr": self.config.addr,
             "version": host.__version__,
-            "leader": None,          # the cluster issue fills these in
-            "is_leader": False,
+            "leader": {"id": leader.id, "addr": leader.addr} if leader else None,
+            "is_leader": self.view is not None and self.view.is_leader,
             "docker": docker_state,
-            "etcd": "disabled",
+            "etcd": self._etcd_state(),
             "jobs": self.table.counts(),
             "attributes": self.config.attributes,
             "resources": self.capacity.to_dict(),
             "allocated": allocated.to_dict(),
             "started_at": self.started_at,
             "events_cursor": self.table.events.last_cursor,
+        }
+
+    def _etcd_state(self) -> str:
+        if self.discovery is None:
+            return "disabled"
+        try:
+            self.discovery.ping()
+            return "ok"
+        except FlynnError as e:
+            return f"unavailable: {e}"
+
+    def host_record(self) -> dict:
+        """What this host publishes in its registration: what the leader needs to place jobs and
+        to report them. A job's full spec stays here and in its assignment."""
+        return {
+            "id": self.host_id,
+            "addr": self.config.addr,
+            "version": host.__version__,
+            "attributes": self.config.attributes,
+            "resources": self.capacity.to_dict(),
+            "allocated": self.table.allocated().to_dict(),
+            "jobs": [job_summary(j) for j in self.table.list()],
+            "registered_at": self.started_at,
         }
 
     def wait_for_container(self, job_id: str, timeout_s: float = 3600.0):
@@ -161,3 +227,13 @@ class Agent:
                                                lambda e: e.job_id == job_id)
             job = self.table.get(job_id)
         return job
+
+
+def build_agent(config: Config) -> Agent:
+    """The daemon's agent: Docker from the environment, etcd from the configuration."""
+    from host.discovery import discovery_from_config
+    from host.runtime.docker import DockerRuntime
+    host_id = config.id or load_or_create_host_id(config.state_dir)
+    discovery, embedded = discovery_from_config(config, host_id)
+    return Agent(config.replace(id=host_id), DockerRuntime(), discovery=discovery,
+                 embedded_etcd=embedded)

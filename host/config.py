@@ -89,6 +89,35 @@ def parse_host_id(text: str) -> str:
     return text
 
 
+def parse_port(text: str) -> int:
+    return _int_between(text, 1, 65535)
+
+
+def parse_ttl(text: str) -> int:
+    return _int_between(text, 3, 3600)
+
+
+def parse_url(text: str) -> str:
+    url = text.strip()
+    if url and not url.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+def parse_etcd_peers(text: str) -> str:
+    from host.discovery.etcd import parse_peers  # checks the list; the discovery module keeps it
+    if text.strip():
+        parse_peers(text)
+    return text.strip()
+
+
+def parse_etcd_prefix(text: str) -> str:
+    prefix = "/" + text.strip().strip("/")
+    if " " in prefix:
+        raise ValueError("must not contain spaces")
+    return prefix
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -146,6 +175,7 @@ class Setting:
     metavar: str = "VALUE"
     boolean: bool = False
     repeatable: bool = False        # the flag may be given many times; the value is a tuple
+    env_name: str = ""              # an environment variable other than FLYNN_HOST_<NAME>
 
     @property
     def attr(self) -> str:
@@ -153,7 +183,7 @@ class Setting:
 
     @property
     def env(self) -> str:
-        return "FLYNN_HOST_" + self.attr.upper()
+        return self.env_name or "FLYNN_HOST_" + self.attr.upper()
 
 
 SETTINGS = (
@@ -179,6 +209,16 @@ SETTINGS = (
             "N"),
     Setting("event-buffer", positive_int, 10000, "events kept for long-poll resumption", "N"),
     Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
+    Setting("etcd-peers", parse_etcd_peers, "", "etcd client URLs, comma-separated; none (and no "
+            "discovery URL) = run an embedded single-member etcd", "URLS", env_name="ETCD_PEERS"),
+    Setting("etcd-discovery", parse_url, "", "etcd discovery URL: the embedded etcd forms or "
+            "joins a cluster through it", "URL", env_name="ETCD_DISCOVERY"),
+    Setting("etcd-prefix", parse_etcd_prefix, "/flynn", "etcd key prefix", "PREFIX",
+            env_name="FLYNN_ETCD_PREFIX"),
+    Setting("etcd-client-port", parse_port, 2379, "embedded etcd's client port", "PORT"),
+    Setting("etcd-peer-port", parse_port, 2380, "embedded etcd's peer port", "PORT"),
+    Setting("heartbeat-ttl", parse_ttl, 10, "seconds the registration lives without a heartbeat "
+            "(refreshed every TTL/3)", "SECONDS"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -11,18 +11,17 @@ if not monkey.is_module_patched("socket"):
 
 import os  # noqa: E402
 
-from host.agent import Agent  # noqa: E402
+from host.agent import build_agent  # noqa: E402
 from host.api import create_app  # noqa: E402
 from host.config import load_config  # noqa: E402
 from host.logsetup import configure_logging  # noqa: E402
-from host.runtime.docker import DockerRuntime  # noqa: E402
 
 
 def create_app_from_env(environ=None):
     """Build and start an agent from the environment and return its WSGI app."""
     config = load_config([], os.environ if environ is None else environ)
     configure_logging(config.log_level)
-    agent = Agent(config, DockerRuntime())
+    agent = build_agent(config)
     agent.start()
     return create_app(agent)
 

@@ -126,7 +126,8 @@ class AgentProcess:
         self.port = free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix=f"flynn-{host_id}-")
         self.args = list(args)
-        self.env = dict(os.environ, **(env or {}))
+        # a cluster of its own unless the test shares a prefix between agents
+        self.env = {**os.environ, "FLYNN_ETCD_PREFIX": f"/flynn-test/{host_id}", **(env or {})}
         self.proc = None
         self.log_path = os.path.join(self.state_dir, "agent.log")
         self.client = AgentClient(f"http://127.0.0.1:{self.port}")

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 import bottle
 import simplejson
 
+from host.api import cluster as cluster_routes
 from host.api import host as host_routes
 from host.api.events import events_response
 from host.api.http import JSON_TYPE, json_errors, router_error
@@ -56,4 +57,5 @@ def create_app(agent) -> bottle.Bottle:
     app.install(json_errors)
     app.default_error_handler = router_error
     host_routes.install(app, agent)
+    cluster_routes.install(app, agent)
     return app

@@ -10,12 +10,11 @@ import sys
 import gevent
 import gevent.event
 
-from host.agent import Agent
+from host.agent import build_agent
 from host.api import create_app
 from host.config import ConfigError, HelpRequested, load_config, usage
 from host.errors import FlynnError
 from host.logsetup import configure_logging
-from host.runtime.docker import DockerRuntime
 from host.server import wsgi_server
 
 log = logging.getLogger("host.daemon")
@@ -47,7 +46,7 @@ def run(argv: list, environ=None) -> int:
     raise_open_file_limit()
 
     try:
-        agent = Agent(config, DockerRuntime())
+        agent = build_agent(config)
         agent.start()
     except (FlynnError, OSError) as e:
         print(f"flynn-host: cannot start: {e}", file=sys.stderr)

@@ -1,0 +1,66 @@
+"""The cluster API (docs/API.md, "Cluster API"), served by the leader from its mirror. Any other
+agent forwards the request to the leader and returns its answer unchanged (or answers 307 to the
+leader with ?redirect=true); 503 not_leader when no leader is known or it cannot be reached."""
+from __future__ import annotations
+
+import functools
+
+import bottle
+
+from host import client
+from host.api.http import bool_param, json_body
+from host.errors import NotFound, NotLeader
+
+
+def install(app: bottle.Bottle, agent):
+    view = agent.view
+
+    def leader_only(handler):
+        """Serve on the leader; forward from anywhere else."""
+        @functools.wraps(handler)
+        def wrapper(*args, **kwargs):
+            if view is None:
+                raise NotFound("this agent runs without etcd: there is no cluster API")
+            if view.is_leader:
+                return handler(*args, **kwargs)
+            leader = view.leader()
+            if leader is None:
+                raise NotLeader("no leader is known yet")
+            request = bottle.request
+            if bool_param(request.query, "redirect"):
+                location = f"http://{leader.addr}{request.fullpath}"
+                if request.query_string:
+                    location += "?" + request.query_string
+                return bottle.HTTPResponse(status=307, headers={"Location": location})
+            answer = client.forward(leader.addr, request.method, request.fullpath,
+                                    request.query_string, request.body.read(),
+                                    request.content_type)
+            return bottle.HTTPResponse(answer.content, answer.status_code, headers={
+                "Content-Type": answer.headers.get("Content-Type", "application/json")})
+        return wrapper
+
+    def host_entry(registered) -> dict:
+        return dict(registered.record, leader=registered.id == view.leader().id)
+
+    @app.get("/cluster/leader")
+    def leader():
+        if view is None:
+            raise NotFound("this agent runs without etcd: there is no cluster API")
+        current = view.leader()
+        if current is None:
+            raise NotLeader("no leader is known yet")
+        return json_body({"id": current.id, "addr": current.addr, "since": view.leader_since_time})
+
+    @app.get("/cluster/hosts")
+    @leader_only
+    def hosts():
+        return json_body([host_entry(h) for h in sorted(view.hosts.values(),
+                                                         key=lambda h: h.created_index)])
+
+    @app.get("/cluster/hosts/<host_id>")
+    @leader_only
+    def one_host(host_id):
+        registered = view.hosts.get(host_id)
+        if registered is None:
+            raise NotFound(f"no host {host_id!r} in the cluster")
+        return json_body(host_entry(registered))

@@ -1,0 +1,142 @@
+"""Every agent's picture of the cluster, mirrored from discoverd's registrations in etcd.
+
+One greenlet reads the whole services directory, then follows a recursive watch from the read's
+index, applying each registration into a dict {host_id: RegisteredHost}. When etcd says the
+history was cleared, or etcd was unreachable, it reads everything again. The leader is the live
+registration with the lowest createdIndex: no other election. On the leader this dict is the
+cluster mirror the cluster API serves.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+import gevent
+import gevent.event
+import simplejson
+
+from host import errors
+from host.clock import rfc3339
+from host.discovery.etcd import EtcdDiscovery, HostChange, IndexCleared, Registration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisteredHost:
+    id: str
+    created_index: int
+    modified_index: int
+    record: dict                 # the Host record the host published
+
+    @property
+    def addr(self) -> str:
+        return self.record.get("addr", "")
+
+
+class ClusterView:
+    #: seconds one watch request waits before it is renewed
+    watch_timeout_s = 30
+    #: seconds to wait before reading again after etcd failed
+    retry_s = 0.5
+
+    def __init__(self, discovery: EtcdDiscovery, host_id: str):
+        self.discovery = discovery
+        self.host_id = host_id
+        self.hosts: dict = {}
+        self.synced = gevent.event.Event()       # set once the first full read is applied
+        self._changed = gevent.event.Event()     # swapped and set on every change
+        self._leader_id: Optional[str] = None
+        self.leader_since: Optional[int] = None  # etcd index at which the leader took office
+        self.leader_since_time: Optional[str] = None  # when this agent saw it take office
+
+    # ---- reading the view -------------------------------------------------------------------
+
+    def leader(self) -> Optional[RegisteredHost]:
+        return self.hosts.get(self._leader_id) if self._leader_id else None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader_id == self.host_id
+
+    def wait_for_change(self, timeout_s: float) -> bool:
+        return self._changed.wait(timeout_s)
+
+    # ---- following etcd ---------------------------------------------------------------------
+
+    def run(self):
+        """Forever: read everything, then follow the watch; read again when needed."""
+        while True:
+            try:
+                index = self._resync()
+                while True:
+                    change = self.discovery.watch_hosts(index, self.watch_timeout_s)
+                    if change is not None:
+                        index = change.registration.modified_index
+                        self._apply(change, index)
+            except IndexCleared as e:
+                log.info("cluster view: %s; reading every registration again", e)
+            except errors.Unavailable as e:
+                log.warning("cluster view: %s; reading again shortly", e)
+                gevent.sleep(self.retry_s)
+
+    def _resync(self) -> int:
+        index, registrations = self.discovery.list_hosts()
+        fresh = {}
+        for registration in registrations:
+            host = self._parse(registration)
+            if host is not None:
+                fresh[host.id] = host
+        for gone in set(self.hosts) - set(fresh):
+            log.info("cluster view: host %s is gone", gone)
+        self.hosts = fresh
+        self._elect(index)
+        self.synced.set()
+        self._notify()
+        return index
+
+    def _apply(self, change: HostChange, index: int):
+        registration = change.registration
+        if change.action == "remove":
+            if self.hosts.pop(registration.host_id, None) is not None:
+                log.info("cluster view: host %s left", registration.host_id)
+        else:
+            host = self._parse(registration)
+            if host is None:
+                return
+            if host.id not in self.hosts:
+                log.info("cluster view: host %s joined (created index %d)", host.id,
+                         host.created_index)
+            self.hosts[host.id] = host
+        self._elect(index)
+        self._notify()
+
+    def _parse(self, registration: Registration) -> Optional[RegisteredHost]:
+        try:
+            record = simplejson.loads(registration.value)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except (TypeError, ValueError) as e:
+            log.warning("cluster view: unreadable registration of %s: %s", registration.host_id,
+                        e)
+            return None
+        return RegisteredHost(registration.host_id, registration.created_index,
+                              registration.modified_index, record)
+
+    def _elect(self, index: int):
+        oldest = min(self.hosts.values(), key=lambda h: h.created_index, default=None)
+        new_id = oldest.id if oldest else None
+        if new_id != self._leader_id:
+            self._leader_id = new_id
+            self.leader_since = index
+            self.leader_since_time = rfc3339(datetime.now(timezone.utc))
+            if new_id == self.host_id:
+                log.info("cluster view: this host (%s) is the leader now", new_id)
+            else:
+                log.info("cluster view: the leader is %s", new_id)
+
+    def _notify(self):
+        changed, self._changed = self._changed, gevent.event.Event()
+        changed.set()

@@ -1,0 +1,196 @@
+"""Every etcd call of the project: the only module that imports etcd (python-etcd, the v2 API).
+
+etcd 3.6 drops the v2 API; a v3 backend replaces this one module. Everything above it sees
+Registration records, the errors of host.errors, and these few operations:
+- host registrations under <prefix>/discoverd/services/flynn-host/<host_id>, with a TTL:
+  register (create, or take over our own key left by a crash), refresh (TTL only: etcd notifies
+  no watcher), publish (rewrite the value), deregister (compare-and-delete);
+- list_hosts (one recursive read, with the X-Etcd-Index to watch from) and watch_hosts (the next
+  change after an index; IndexCleared when etcd no longer holds that history).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlparse
+
+import etcd
+import urllib3.exceptions
+
+from host import errors
+
+log = logging.getLogger(__name__)
+
+SERVICE = "flynn-host"
+
+
+class EtcdUnavailable(errors.Unavailable):
+    """etcd did not answer."""
+
+
+class RegistrationLost(errors.FlynnError):
+    """Our registration key is gone or was changed by someone else (expired after a pause,
+    deleted by an operator): register again."""
+    code = "conflict"
+
+
+class IndexCleared(errors.FlynnError):
+    """etcd no longer keeps the history a watch asked for: read everything again."""
+    code = "conflict"
+
+
+@dataclass(frozen=True)
+class Registration:
+    host_id: str
+    value: Optional[str]         # None for a removal
+    created_index: int
+    modified_index: int
+
+
+@dataclass(frozen=True)
+class HostChange:
+    action: str                  # "put" or "remove"
+    registration: Registration
+
+
+def parse_peers(text: str) -> tuple:
+    """"http://10.0.0.1:2379,http://10.0.0.2:2379" -> ((host, port), ...), protocol."""
+    peers, protocols = [], set()
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        url = urlparse(item if "://" in item else "http://" + item)
+        if not url.hostname or url.scheme not in ("http", "https"):
+            raise ValueError(f"not an etcd URL: {item!r}")
+        peers.append((url.hostname, url.port or 2379))
+        protocols.add(url.scheme)
+    if not peers:
+        raise ValueError("no etcd peers given")
+    if len(protocols) > 1:
+        raise ValueError("mixed http and https peers")
+    return tuple(peers), protocols.pop()
+
+
+def _translate(what: str, e: Exception) -> Exception:
+    if isinstance(e, (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError)):
+        return EtcdUnavailable(f"{what}: etcd is unreachable ({e})")
+    return errors.FlynnError(f"{what}: etcd error: {e}")
+
+
+class EtcdDiscovery:
+    #: seconds an ordinary etcd request may take
+    request_timeout_s = 5
+
+    def __init__(self, peers: str, prefix: str = "/flynn"):
+        hosts, protocol = parse_peers(peers)
+        self.peers = peers
+        self.prefix = prefix.rstrip("/")
+        self.services_dir = f"{self.prefix}/discoverd/services/{SERVICE}"
+        host_arg = hosts if len(hosts) > 1 else hosts[0][0]
+        port_arg = hosts[0][1]
+        self._client = etcd.Client(host=host_arg, port=port_arg, protocol=protocol,
+                                   allow_reconnect=len(hosts) > 1,
+                                   read_timeout=self.request_timeout_s, per_host_pool_size=32)
+
+    def _key(self, host_id: str) -> str:
+        return f"{self.services_dir}/{host_id}"
+
+    # ---- health ----------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        try:
+            self._client.read(self.prefix or "/", timeout=self.request_timeout_s)
+        except etcd.EtcdKeyNotFound:
+            return
+        except Exception as e:
+            raise _translate("reaching etcd", e) from e
+
+    # ---- our registration ------------------------------------------------------------------
+
+    def register(self, host_id: str, value: str, ttl_s: int) -> Registration:
+        """Create our key. If it exists (our previous run crashed less than a TTL ago), take it
+        over, which keeps its createdIndex and so this host's seniority."""
+        key = self._key(host_id)
+        try:
+            result = self._client.write(key, value, ttl=ttl_s, prevExist=False)
+        except etcd.EtcdAlreadyExist:
+            log.info("registration %s exists (an earlier run of this host); taking it over", key)
+            try:
+                result = self._client.write(key, value, ttl=ttl_s, prevExist=True)
+            except Exception as e:
+                raise _translate(f"taking over {key}", e) from e
+        except Exception as e:
+            raise _translate(f"registering {key}", e) from e
+        return Registration(host_id, value, result.createdIndex, result.modifiedIndex)
+
+    def refresh(self, host_id: str, ttl_s: int, prev_index: int) -> int:
+        """Renew the TTL only (no watcher is notified). Returns the new modifiedIndex.
+        Raises RegistrationLost if the key vanished or changed under us."""
+        key = self._key(host_id)
+        try:
+            return self._client.refresh(key, ttl_s, prevIndex=prev_index).modifiedIndex
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed) as e:
+            raise RegistrationLost(f"{key}: {e}") from e
+        except Exception as e:
+            raise _translate(f"refreshing {key}", e) from e
+
+    def publish(self, host_id: str, value: str, ttl_s: int, prev_index: int) -> int:
+        """Rewrite our value (and TTL); watchers see it. Returns the new modifiedIndex."""
+        key = self._key(host_id)
+        try:
+            return self._client.write(key, value, ttl=ttl_s, prevIndex=prev_index).modifiedIndex
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed) as e:
+            raise RegistrationLost(f"{key}: {e}") from e
+        except Exception as e:
+            raise _translate(f"publishing {key}", e) from e
+
+    def deregister(self, host_id: str, prev_index: int) -> None:
+        """Delete our key if it is still ours (compare-and-delete)."""
+        key = self._key(host_id)
+        try:
+            self._client.delete(key, prevIndex=prev_index)
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+            pass
+        except Exception as e:
+            raise _translate(f"deregistering {key}", e) from e
+
+    # ---- every host's registration -------------------------------------------------------
+
+    def list_hosts(self) -> tuple:
+        """(etcd index to watch after, [Registration]) from one recursive read."""
+        try:
+            result = self._client.read(self.services_dir, recursive=True,
+                                       timeout=self.request_timeout_s)
+        except etcd.EtcdKeyNotFound as e:  # no host registered yet: watch from etcd's index
+            payload = getattr(e, "payload", None) or {}
+            return int(payload.get("index", 0)), []
+        except Exception as e:
+            raise _translate("listing hosts", e) from e
+        registrations = [
+            Registration(node.key.rsplit("/", 1)[-1], node.value, node.createdIndex,
+                         node.modifiedIndex)
+            for node in result.leaves if not node.dir and node.key != self.services_dir]
+        return result.etcd_index, registrations
+
+    def watch_hosts(self, after_index: int, timeout_s: float) -> Optional[HostChange]:
+        """The next change to any registration with an index above `after_index`, or None after
+        `timeout_s` without one. Raises IndexCleared when that history is gone."""
+        try:
+            result = self._client.read(self.services_dir, recursive=True, wait=True,
+                                       waitIndex=after_index + 1, timeout=timeout_s)
+        except etcd.EtcdWatchTimedOut:
+            return None
+        except etcd.EtcdEventIndexCleared as e:
+            raise IndexCleared(f"etcd history before {after_index + 1} is gone") from e
+        except etcd.EtcdKeyNotFound:
+            return None  # the directory does not exist yet
+        except Exception as e:
+            if isinstance(e, urllib3.exceptions.ReadTimeoutError):
+                return None
+            raise _translate("watching hosts", e) from e
+        host_id = result.key.rsplit("/", 1)[-1]
+        removed = result.action in ("delete", "expire", "compareAndDelete")
+        return HostChange("remove" if removed else "put",
+                          Registration(host_id, None if removed else result.value,
+                                       result.createdIndex, result.modifiedIndex))
