@@ -127,6 +127,7 @@ ensure_test_etcd() {
         [ $waited -lt 300 ] || die "test etcd not ready after 30s; see $data.log"
         sleep 0.1; waited=$((waited + 1))
     done
+    kill -0 "$TEST_ETCD_PID" 2>/dev/null || die "test etcd exited (is port $port taken?): $(tail -n 3 "$data.log")"
 }
 
 stop_test_etcd() {

@@ -121,8 +121,9 @@ class AgentClient:
 class AgentProcess:
     """bin/flynn-host as a real process on 127.0.0.1:<free port> with its own state dir."""
 
-    def __init__(self, host_id: str, state_dir: str = None, args=(), env=None):
+    def __init__(self, host_id: str, state_dir: str = None, args=(), env=None, ip="127.0.0.1"):
         self.host_id = host_id
+        self.ip = ip
         self.port = free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix=f"flynn-{host_id}-")
         self.args = list(args)
@@ -130,11 +131,11 @@ class AgentProcess:
         self.env = {**os.environ, "FLYNN_ETCD_PREFIX": f"/flynn-test/{host_id}", **(env or {})}
         self.proc = None
         self.log_path = os.path.join(self.state_dir, "agent.log")
-        self.client = AgentClient(f"http://127.0.0.1:{self.port}")
+        self.client = AgentClient(f"http://{ip}:{self.port}")
 
     def start(self, extra_args=(), wait=True) -> "AgentProcess":
         cmd = [sys.executable, FLYNN_HOST, "-id", self.host_id, "-state-dir", self.state_dir,
-               "-listen", f"127.0.0.1:{self.port}", "-external", "127.0.0.1",
+               "-listen", f"{self.ip}:{self.port}", "-external", self.ip,
                "-log-level", "debug", *self.args, *extra_args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)

@@ -66,11 +66,14 @@ class ClusterView:
 
     # ---- following etcd ---------------------------------------------------------------------
 
-    def run(self):
-        """Forever: read everything, then follow the watch; read again when needed."""
+    def run(self, start_index: Optional[int] = None):
+        """Forever: read everything, then follow the watch from the read's index (or from
+        `start_index`, where a previous read left off); read again when needed."""
+        index = start_index
         while True:
             try:
-                index = self._resync()
+                if index is None:
+                    index = self._resync()
                 while True:
                     change = self.discovery.watch_hosts(index, self.watch_timeout_s)
                     if change is not None:
@@ -78,8 +81,10 @@ class ClusterView:
                         self._apply(change, index)
             except IndexCleared as e:
                 log.info("cluster view: %s; reading every registration again", e)
+                index = None
             except errors.Unavailable as e:
                 log.warning("cluster view: %s; reading again shortly", e)
+                index = None
                 gevent.sleep(self.retry_s)
 
     def _resync(self) -> int:

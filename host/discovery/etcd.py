@@ -21,6 +21,9 @@ import urllib3.exceptions
 from host import errors
 
 log = logging.getLogger(__name__)
+# python-etcd logs every failed request at ERROR with a traceback, even a watch ended because its
+# greenlet was killed on a clean stop; this module translates failures and logs them itself.
+logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
 
 SERVICE = "flynn-host"
 

@@ -1,0 +1,171 @@
+"""The cluster on real etcd and real agent processes: registration, leader = oldest host, the
+mirror, forwarding, and what happens when hosts (the leader among them) stop or die."""
+import os
+import signal
+import time
+import unittest
+
+import gevent
+
+from host.cluster.view import ClusterView
+from host.discovery.etcd import EtcdDiscovery
+from tests.support import AgentProcess, remove_host_containers, job_body, require_docker, wait_until
+
+TTL = 3
+
+
+def require_etcd() -> str:
+    peers = os.environ.get("ETCD_PEERS")
+    if not peers:
+        raise AssertionError("ETCD_PEERS must name the test etcd; run the suite with bin/test, "
+                             "which starts one")
+    EtcdDiscovery(peers).ping()
+    return peers
+
+
+class ClusterTest(unittest.TestCase):
+    def setUp(self):
+        self.peers = require_etcd()
+        self.runtime = require_docker()
+        self.prefix = f"/flynn-test/cluster-{os.getpid()}-{self._testMethodName}"
+        self.agents = []
+
+    def tearDown(self):
+        for agent in self.agents:
+            agent.cleanup()
+            remove_host_containers(self.runtime, agent.host_id)
+
+    def start_agent(self, n: int) -> AgentProcess:
+        agent = AgentProcess(f"c{n}-{os.getpid()}", ip=f"127.0.0.{n + 1}",
+                             args=["-heartbeat-ttl", str(TTL)],
+                             env={"FLYNN_ETCD_PREFIX": self.prefix})
+        self.agents.append(agent)
+        agent.start()
+        wait_until(lambda: self.leader_seen_by(agent) is not None, 10, f"{agent.host_id} joined")
+        return agent
+
+    def start_three(self):
+        return [self.start_agent(n) for n in (1, 2, 3)]
+
+    @staticmethod
+    def leader_seen_by(agent):
+        resp = agent.client.get("/cluster/leader")
+        return resp.json()["id"] if resp.status_code == 200 else None
+
+    def hosts_seen_by(self, agent) -> set:
+        resp = agent.client.get("/cluster/hosts")
+        return {h["id"] for h in resp.json()} if resp.status_code == 200 else set()
+
+    def test_leader_is_the_first_started_and_everyone_agrees(self):
+        first, second, third = self.start_three()
+        for agent in (first, second, third):
+            wait_until(lambda: self.hosts_seen_by(agent) == {a.host_id for a in self.agents}, 10,
+                       f"{agent.host_id} seeing all three hosts")
+            self.assertEqual(self.leader_seen_by(agent), first.host_id)
+            status = agent.client.get("/host/status").json()
+            self.assertEqual(status["leader"], {"id": first.host_id, "addr": first.client.url[7:]})
+            self.assertEqual(status["is_leader"], agent is first)
+            self.assertEqual(status["etcd"], "ok")
+
+    def test_non_leaders_forward_or_redirect(self):
+        first, second, _ = self.start_three()
+        wait_until(lambda: len(self.hosts_seen_by(first)) == 3, 10, "three hosts")
+        direct = first.client.get("/cluster/hosts").json()
+        forwarded = second.client.get("/cluster/hosts").json()
+        self.assertEqual([h["id"] for h in forwarded], [h["id"] for h in direct])
+        self.assertEqual([h["leader"] for h in forwarded], [True, False, False])
+        self.assertEqual(forwarded[0]["addr"], f"127.0.0.2:{first.port}")
+        redirect = second.client.get("/cluster/hosts/x?redirect=true", allow_redirects=False)
+        self.assertEqual(redirect.status_code, 307)
+        self.assertEqual(redirect.headers["Location"],
+                         f"http://127.0.0.2:{first.port}/cluster/hosts/x?redirect=true")
+        missing = second.client.get("/cluster/hosts/nope")  # the leader's 404, forwarded
+        self.assertEqual((missing.status_code, missing.json()["code"]), (404, "not_found"))
+        wrong = second.client.post("/cluster/hosts")
+        self.assertEqual((wrong.status_code, wrong.json()["code"]), (405, "method_not_allowed"))
+
+    def test_mirror_follows_a_hosts_jobs(self):
+        first, second = self.start_agent(1), self.start_agent(2)
+        second.client.put_job("m1", job_body(["true"]))
+        second.client.wait_status("m1", "done")
+
+        def mirrored():
+            host = first.client.get(f"/cluster/hosts/{second.host_id}").json()
+            return {j["id"]: j["status"] for j in host.get("jobs", [])}
+        wait_until(lambda: mirrored() == {"m1": "done"}, 10, "the leader mirroring m1 as done")
+        own = {j["job"]["id"]: j["status"] for j in second.client.get("/host/jobs").json()}
+        self.assertEqual(mirrored(), own)
+
+    def test_leader_killed_next_oldest_takes_over_after_the_ttl(self):
+        first, second, third = self.start_three()
+        wait_until(lambda: len(self.hosts_seen_by(first)) == 3, 10, "three hosts")
+        first.kill()
+        killed = time.monotonic()
+        wait_until(lambda: self.leader_seen_by(third) == second.host_id, TTL + 5,
+                   "the next-oldest taking over")
+        self.assertLessEqual(time.monotonic() - killed, TTL + 2)
+        self.assertEqual(self.hosts_seen_by(third), {second.host_id, third.host_id})
+
+    def test_leader_stopped_cleanly_hands_over_at_once(self):
+        first, second, third = self.start_three()
+        self.assertEqual(first.stop(), 0)
+        stopped = time.monotonic()
+        wait_until(lambda: self.leader_seen_by(third) == second.host_id, TTL,
+                   "the next-oldest taking over")
+        self.assertLess(time.monotonic() - stopped, 1.5)  # the key was deleted, not expired
+
+    def test_vanished_registration_is_registered_again(self):
+        first, second = self.start_agent(1), self.start_agent(2)
+        discovery = EtcdDiscovery(self.peers, self.prefix)
+        discovery._client.delete(discovery._key(second.host_id))
+        wait_until(lambda: second.host_id in {r.host_id for r in discovery.list_hosts()[1]},
+                   TTL + 3, "the host registering again")
+        self.assertIn("registering again", second.log())
+        self.assertEqual(self.leader_seen_by(second), first.host_id)
+
+
+class WatchIndexClearedTest(unittest.TestCase):
+    def test_a_watcher_that_fell_behind_reads_everything_again(self):
+        peers = require_etcd()
+        prefix = f"/flynn-test/cleared-{os.getpid()}"
+        discovery = EtcdDiscovery(peers, prefix)
+        view = ClusterView(discovery, "observer")
+        stale_index = view._resync()
+        # while the watcher is paused: more than etcd's 1,000 retained events, then a new host
+        for n in range(1100):
+            discovery._client.write(f"{prefix}/noise", str(n))
+        discovery.register("late-host", '{"id": "late-host", "addr": "127.0.0.9:1"}', 30)
+        with self.assertLogs("host.cluster.view", "INFO") as logged:
+            watcher = gevent.spawn(view.run, stale_index)
+            try:
+                wait_until(lambda: "late-host" in view.hosts, 10, "the view catching up")
+            finally:
+                watcher.kill()
+        self.assertTrue(any("reading every registration again" in line
+                            for line in logged.output), logged.output)
+        self.assertEqual(view.leader().id, "late-host")
+        discovery._client.delete(prefix, recursive=True)
+
+
+class EmbeddedEtcdTest(unittest.TestCase):
+    def test_without_etcd_peers_the_agent_runs_its_own_etcd(self):
+        require_docker()
+        from tests.support import free_port
+        client_port, peer_port = free_port(), free_port()
+        agent = AgentProcess(f"emb-{os.getpid()}", env={"ETCD_PEERS": ""},
+                             args=["-etcd-client-port", str(client_port),
+                                   "-etcd-peer-port", str(peer_port)])
+        try:
+            agent.start()
+            wait_until(lambda: agent.client.get("/cluster/leader").status_code == 200, 15,
+                       "the agent leading its one-host cluster")
+            status = agent.client.get("/host/status").json()
+            self.assertEqual((status["etcd"], status["is_leader"]), ("ok", True))
+            own = EtcdDiscovery(f"http://127.0.0.1:{client_port}", f"/flynn-test/{agent.host_id}")
+            self.assertEqual([r.host_id for r in own.list_hosts()[1]], [agent.host_id])
+            self.assertTrue(os.path.isdir(os.path.join(agent.state_dir, "etcd", "data")))
+            self.assertEqual(agent.stop(signal.SIGTERM), 0)
+            with self.assertRaises(Exception):  # the embedded member went with the agent
+                own.ping()
+        finally:
+            agent.cleanup()
