@@ -21,10 +21,12 @@ import gevent.pool
 
 import host
 from host.clock import Clock
+from host.cluster.assignments import AssignmentWatcher
+from host.cluster.scheduler import JobScheduler
 from host.cluster.view import ClusterView
 from host.config import Config
 from host.discovery.embedded import EmbeddedEtcd
-from host.discovery.etcd import EtcdDiscovery
+from host.discovery.etcd import EtcdDiscovery, Records
 from host.discovery.heartbeat import Heartbeat
 from host.errors import FlynnError
 from host.ports import PortAllocator
@@ -98,11 +100,16 @@ class Agent:
         self.started_at = self.clock.now_text()
         self.discovery = discovery
         self.embedded_etcd = embedded_etcd
-        self.heartbeat = self.view = None
+        self.heartbeat = self.view = self.scheduler = self.assignments = None
         if discovery is not None:
             self.heartbeat = Heartbeat(discovery, self.host_id, config.heartbeat_ttl,
                                        self.host_record)
             self.view = ClusterView(discovery, self.host_id)
+            self.scheduler = JobScheduler(self.view, Records(discovery, "cluster/requests"),
+                                          Records(discovery, "cluster/assignments"), self.clock)
+            self.assignments = AssignmentWatcher(
+                Records(discovery, f"cluster/assignments/{self.host_id}"), self.supervisor,
+                self.heartbeat, self.spawn_task)
 
     # ---- greenlets ------------------------------------------------------------------------
 
@@ -120,6 +127,17 @@ class Agent:
             self.start_service("heartbeat", self.heartbeat.run)
             self.start_service("cluster-view", self.view.run)
             self.start_service("state-publisher", self._publish_state_changes)
+            self.start_service("scheduler", self.scheduler.run)
+            self.start_service("leader-duties", self._leader_duties)
+            self.start_service("assignments", self.assignments.run)
+
+    def _leader_duties(self):
+        """On every change of the cluster view, let the scheduler see whether it just took
+        office (and must finish what an old leader accepted)."""
+        while True:
+            self.view.wait_for_change(60)
+            if self.view.is_leader:
+                self.scheduler.poke()
 
     def _publish_state_changes(self):
         """Every job event changes what the heartbeat publishes."""

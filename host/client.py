@@ -7,7 +7,7 @@ import requests
 from host.errors import NotLeader
 
 #: seconds a forwarded request may take (a long-poll's own wait comes on top)
-FORWARD_TIMEOUT_S = 10
+FORWARD_TIMEOUT_S = 35  # an AddJobs request may wait up to 30 s in the leader's queue
 
 
 def forward(addr: str, method: str, path: str, query: str, body: bytes, content_type: str,

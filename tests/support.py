@@ -99,12 +99,19 @@ class AgentClient:
         assert resp.status_code == 200, resp.text
         return resp.json()
 
+    def find_job(self, job_id):
+        """The job, or None while this host does not have it (yet)."""
+        resp = self.get(f"/host/jobs/{job_id}")
+        assert resp.status_code in (200, 404), resp.text
+        return resp.json() if resp.status_code == 200 else {"status": None}
+
     def wait_status(self, job_id, statuses, timeout=30.0) -> dict:
-        """Follow the agent's events until the job is in one of `statuses`."""
+        """Follow the agent's events until the job is in one of `statuses` (the job may arrive
+        on this host meanwhile, e.g. from the leader's assignment)."""
         statuses = {statuses} if isinstance(statuses, str) else set(statuses)
         deadline = time.monotonic() + timeout
         cursor = self.get("/host/events").json()["cursor"]
-        job = self.job(job_id)
+        job = self.find_job(job_id)
         while job["status"] not in statuses:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -114,7 +121,7 @@ class AgentClient:
                                                     "wait": min(remaining, 10)})
             assert resp.status_code == 200, resp.text
             cursor = resp.json()["cursor"]
-            job = self.job(job_id)
+            job = self.find_job(job_id)
         return job
 
 

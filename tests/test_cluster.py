@@ -6,10 +6,13 @@ import time
 import unittest
 
 import gevent
+import simplejson
 
 from host.cluster.view import ClusterView
-from host.discovery.etcd import EtcdDiscovery
-from tests.support import AgentProcess, remove_host_containers, job_body, require_docker, wait_until
+from host.discovery.etcd import EtcdDiscovery, Records
+from host.jobspec import parse_job
+from tests.support import (AgentProcess, free_port, job_body, remove_host_containers,
+                           require_docker, wait_until)
 
 TTL = 3
 
@@ -23,7 +26,9 @@ def require_etcd() -> str:
     return peers
 
 
-class ClusterTest(unittest.TestCase):
+class ClusterTestCase(unittest.TestCase):
+    """Agents sharing one etcd prefix: a cluster of their own on 127.0.0.2, .3, .4."""
+
     def setUp(self):
         self.peers = require_etcd()
         self.runtime = require_docker()
@@ -56,6 +61,9 @@ class ClusterTest(unittest.TestCase):
         resp = agent.client.get("/cluster/hosts")
         return {h["id"] for h in resp.json()} if resp.status_code == 200 else set()
 
+
+
+class ClusterTest(ClusterTestCase):
     def test_leader_is_the_first_started_and_everyone_agrees(self):
         first, second, third = self.start_three()
         for agent in (first, second, third):
@@ -150,7 +158,6 @@ class WatchIndexClearedTest(unittest.TestCase):
 class EmbeddedEtcdTest(unittest.TestCase):
     def test_without_etcd_peers_the_agent_runs_its_own_etcd(self):
         require_docker()
-        from tests.support import free_port
         client_port, peer_port = free_port(), free_port()
         agent = AgentProcess(f"emb-{os.getpid()}", env={"ETCD_PEERS": ""},
                              args=["-etcd-client-port", str(client_port),
@@ -169,3 +176,127 @@ class EmbeddedEtcdTest(unittest.TestCase):
                 own.ping()
         finally:
             agent.cleanup()
+
+
+def count_containers(runtime, job_id: str) -> int:
+    return len(runtime.list({"flynn-host.job-id": job_id}))
+
+
+class AddJobsTest(ClusterTestCase):
+    def start_three_small(self):
+        """Three hosts with 100 MiB each, all seen by the leader."""
+        agents = []
+        for n in (1, 2, 3):
+            agent = AgentProcess(f"c{n}-{os.getpid()}", ip=f"127.0.0.{n + 1}",
+                                 args=["-heartbeat-ttl", str(TTL), "-memory-mb", "100"],
+                                 env={"FLYNN_ETCD_PREFIX": self.prefix})
+            self.agents.append(agent)
+            agent.start()
+            agents.append(agent)
+        wait_until(lambda: len(self.hosts_seen_by(agents[0])) == 3, 10, "three hosts")
+        return agents
+
+    def post_jobs(self, agent, body):
+        return agent.client.post("/cluster/jobs", json=body)
+
+    def test_explicit_placement_through_a_non_leader(self):
+        first, second, third = self.start_three_small()
+        resp = self.post_jobs(third, {second.host_id: [dict(job_body(["true"]), id="e1")]})
+        self.assertEqual(resp.status_code, 200, resp.text)
+        self.assertEqual(resp.json(), {"jobs": [{"host_id": second.host_id, "job_id": "e1"}]})
+        self.assertEqual(second.client.wait_status("e1", "done")["exit_status"], 0)
+        again = self.post_jobs(first, {second.host_id: [dict(job_body(["true"]), id="e1")]})
+        self.assertEqual(again.status_code, 409)  # it ended: a new job needs a new id
+        self.assertEqual(count_containers(self.runtime, "e1"), 1)
+
+    def test_placement_spreads_and_respects_resources_and_ports(self):
+        first, second, third = self.start_three_small()
+        jobs = [dict(job_body(["sleep", "60"]), id=f"p{n}", resources={"memory_mb": 80})
+                for n in range(3)]
+        resp = self.post_jobs(second, {"jobs": jobs})
+        self.assertEqual(resp.status_code, 200, resp.text)
+        placed = {p["job_id"]: p["host_id"] for p in resp.json()["jobs"]}
+        self.assertEqual(sorted(placed.values()), sorted(a.host_id for a in self.agents))
+        full = self.post_jobs(first, {"jobs": [dict(job_body(["true"]), id="p9",
+                                                    resources={"memory_mb": 80})]})
+        self.assertEqual((full.status_code, full.json()["code"]), (422, "no_capacity"))
+        # a fixed port held on one host sends the next job with that port elsewhere
+        port = 40000 + os.getpid() % 20000
+        a = self.post_jobs(first, {first.host_id: [dict(job_body(["sleep", "60"], ports=[
+            {"port": port}]), id="port-a")]})
+        self.assertEqual(a.status_code, 200, a.text)
+        clash = self.post_jobs(first, {first.host_id: [dict(job_body(["true"], ports=[
+            {"port": port}]), id="port-b")]})
+        self.assertEqual((clash.status_code, clash.json()["code"]), (409, "conflict"))
+        self.assertIn(f"port {port}/tcp", clash.json()["message"])
+
+    def test_same_request_twice_is_idempotent_and_a_reused_id_conflicts(self):
+        first, second, _ = self.start_three_small()
+        body = {second.host_id: [dict(job_body(["sleep", "60"]), id="idem")]}
+        one, two = self.post_jobs(first, body), self.post_jobs(first, body)
+        self.assertEqual((one.status_code, two.status_code), (200, 200))
+        self.assertEqual(one.json(), two.json())
+        other = self.post_jobs(first, {"jobs": [dict(job_body(["true"], image="other"),
+                                                     id="idem")]})
+        self.assertEqual((other.status_code, other.json()["code"]), (409, "conflict"))
+        second.client.wait_status("idem", "running")
+        self.assertEqual(count_containers(self.runtime, "idem"), 1)
+
+    def test_bad_requests(self):
+        first, *_ = self.start_three_small()
+        cases = [
+            (b"not json", 400, "validation_error"),
+            (b"[]", 400, "validation_error"),
+            (b'{"jobs": []}', 400, "validation_error"),
+            (b'{"jobs": [{"config": {}}]}', 400, "validation_error"),
+            (b'{"nohost": [{"config": {"image": "x"}}]}', 404, "not_found"),
+            (b'{"jobs": [{"id": "d", "config": {"image": "x"}}, {"id": "d", "config": '
+             b'{"image": "x"}}]}', 400, "validation_error"),
+        ]
+        for raw, status, code in cases:
+            with self.subTest(raw=raw):
+                resp = first.client.post("/cluster/jobs", data=raw)
+                self.assertEqual((resp.status_code, resp.json()["code"]), (status, code),
+                                 resp.text)
+        resp = first.client.post("/cluster/jobs", data=b'{"jobs": [{"config": {}}]}')
+        self.assertIn("jobs[0]: job.config.image: required", resp.json()["message"])
+
+    def test_stop_a_job_through_the_leader(self):
+        first, second, third = self.start_three_small()
+        self.post_jobs(third, {second.host_id: [dict(job_body(["sleep", "60"]), id="stopme")]})
+        second.client.wait_status("stopme", "running")
+        resp = third.client.delete(f"/cluster/hosts/{second.host_id}/jobs/stopme?timeout=0")
+        self.assertEqual(resp.status_code, 202, resp.text)
+        second.client.wait_status("stopme", "crashed")
+        self.assertEqual(third.client.delete(f"/cluster/hosts/nohost/jobs/x").status_code, 404)
+
+    def test_leader_killed_after_acknowledging_every_job_runs_once(self):
+        first, second, third = self.start_three_small()
+        # the target host cannot pick its assignments up while the leader acknowledges and dies
+        third.proc.send_signal(signal.SIGSTOP)
+        try:
+            resp = self.post_jobs(second, {third.host_id: [
+                dict(job_body(["sleep", "60"]), id=f"once{n}") for n in range(3)]})
+            self.assertEqual(resp.status_code, 200, resp.text)
+            first.kill()
+        finally:
+            third.proc.send_signal(signal.SIGCONT)
+        for n in range(3):
+            third.client.wait_status(f"once{n}", "running", timeout=TTL + 20)
+        wait_until(lambda: self.leader_seen_by(second) == second.host_id, TTL + 5,
+                   "the next-oldest taking over")
+        for n in range(3):
+            self.assertEqual(count_containers(self.runtime, f"once{n}"), 1)
+
+    def test_new_leader_finishes_a_request_the_old_one_recorded(self):
+        first, second, third = self.start_three_small()
+        # as if the leader died right after recording the request, before any assignment
+        requests = Records(EtcdDiscovery(self.peers, self.prefix), "cluster/requests")
+        job = parse_job(dict(job_body(["sleep", "60"]), id="orphan"))
+        requests.put("r1", simplejson.dumps({"id": "r1", "created_at": "2026-01-01T00:00:00Z",
+                                             "jobs": [{"host_id": third.host_id,
+                                                       "job": job.to_dict()}]}))
+        first.kill()
+        third.client.wait_status("orphan", "running", timeout=TTL + 20)
+        self.assertEqual(count_containers(self.runtime, "orphan"), 1)
+        wait_until(lambda: requests.read_dir()[1] == [], 10, "the request record removed")

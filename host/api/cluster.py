@@ -8,7 +8,7 @@ import functools
 import bottle
 
 from host import client
-from host.api.http import bool_param, json_body
+from host.api.http import bool_param, json_body, read_json
 from host.errors import NotFound, NotLeader
 
 
@@ -56,6 +56,23 @@ def install(app: bottle.Bottle, agent):
     def hosts():
         return json_body([host_entry(h) for h in sorted(view.hosts.values(),
                                                          key=lambda h: h.created_index)])
+
+    @app.post("/cluster/jobs")
+    @leader_only
+    def add_jobs():
+        return json_body(agent.scheduler.add_jobs(read_json(agent.config.max_body_bytes)))
+
+    @app.delete("/cluster/hosts/<host_id>/jobs/<job_id>")
+    @leader_only
+    def stop_job(host_id, job_id):
+        registered = view.hosts.get(host_id)
+        if registered is None:
+            raise NotFound(f"no host {host_id!r} in the cluster")
+        request = bottle.request
+        answer = client.forward(registered.addr, "DELETE", f"/host/jobs/{job_id}",
+                                request.query_string, b"", "")
+        return bottle.HTTPResponse(answer.content, answer.status_code, headers={
+            "Content-Type": answer.headers.get("Content-Type", "application/json")})
 
     @app.get("/cluster/hosts/<host_id>")
     @leader_only

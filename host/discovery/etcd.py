@@ -6,7 +6,9 @@ Registration records, the errors of host.errors, and these few operations:
   register (create, or take over our own key left by a crash), refresh (TTL only: etcd notifies
   no watcher), publish (rewrite the value), deregister (compare-and-delete);
 - list_hosts (one recursive read, with the X-Etcd-Index to watch from) and watch_hosts (the next
-  change after an index; IndexCleared when etcd no longer holds that history).
+  change after an index; IndexCleared when etcd no longer holds that history);
+- plain records under the prefix (the leader's accepted requests, jobs assigned to hosts):
+  put, read_dir, watch_dir, delete.
 """
 from __future__ import annotations
 
@@ -197,3 +199,63 @@ class EtcdDiscovery:
         return HostChange("remove" if removed else "put",
                           Registration(host_id, None if removed else result.value,
                                        result.createdIndex, result.modifiedIndex))
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str                    # the key below the directory read or watched, e.g. "h1/web-1"
+    value: Optional[str]         # None for a removal
+    modified_index: int
+    removed: bool = False
+
+
+class Records:
+    """Plain keys under <prefix>/<path>: no TTL, JSON values written by us."""
+
+    def __init__(self, discovery: EtcdDiscovery, path: str):
+        self._client = discovery._client
+        self._timeout = discovery.request_timeout_s
+        self.dir = f"{discovery.prefix}/{path.strip('/')}"
+
+    def put(self, name: str, value: str) -> int:
+        try:
+            return self._client.write(f"{self.dir}/{name}", value).modifiedIndex
+        except Exception as e:
+            raise _translate(f"writing {self.dir}/{name}", e) from e
+
+    def delete(self, name: str) -> None:
+        try:
+            self._client.delete(f"{self.dir}/{name}", recursive=True)
+        except etcd.EtcdKeyNotFound:
+            pass
+        except Exception as e:
+            raise _translate(f"deleting {self.dir}/{name}", e) from e
+
+    def read_dir(self) -> tuple:
+        """(etcd index to watch after, [Record]) for every key below the directory."""
+        try:
+            result = self._client.read(self.dir, recursive=True, timeout=self._timeout)
+        except etcd.EtcdKeyNotFound as e:
+            payload = getattr(e, "payload", None) or {}
+            return int(payload.get("index", 0)), []
+        except Exception as e:
+            raise _translate(f"reading {self.dir}", e) from e
+        return result.etcd_index, [
+            Record(node.key[len(self.dir) + 1:], node.value, node.modifiedIndex)
+            for node in result.leaves if not node.dir and node.key != self.dir]
+
+    def watch_dir(self, after_index: int, timeout_s: float) -> Optional[Record]:
+        """The next change below the directory after `after_index`, or None on timeout.
+        Raises IndexCleared when that history is gone."""
+        try:
+            result = self._client.read(self.dir, recursive=True, wait=True,
+                                       waitIndex=after_index + 1, timeout=timeout_s)
+        except (etcd.EtcdWatchTimedOut, etcd.EtcdKeyNotFound, urllib3.exceptions.ReadTimeoutError):
+            return None
+        except etcd.EtcdEventIndexCleared as e:
+            raise IndexCleared(f"etcd history of {self.dir} before {after_index + 1} is gone") from e
+        except Exception as e:
+            raise _translate(f"watching {self.dir}", e) from e
+        removed = result.action in ("delete", "expire", "compareAndDelete")
+        return Record(result.key[len(self.dir) + 1:], None if removed else result.value,
+                      result.modifiedIndex, removed)

@@ -37,10 +37,32 @@ class Heartbeat:
         self._changed = gevent.event.Event()
         self.registration: Optional[Registration] = None
         self._last_publish = 0.0
+        self._writes = 0                     # values written so far (register or publish)
+        self._writing = False                # a value is being built and written right now
+        self._written = gevent.event.Event()  # swapped and set after every write
 
     def mark_changed(self):
         """The host's state changed: publish it soon."""
         self._changed.set()
+
+    def publish_and_wait(self, timeout_s: float) -> bool:
+        """Publish the current state and wait until a value built after this call is in etcd
+        (True), or `timeout_s` passed (False)."""
+        # a write in progress may have built its value before the caller's change
+        target = self._writes + (2 if self._writing else 1)
+        self.mark_changed()
+        deadline = time.monotonic() + timeout_s
+        while self._writes < target:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._written.wait(remaining)
+        return True
+
+    def _wrote(self):
+        self._writes += 1
+        written, self._written = self._written, gevent.event.Event()
+        written.set()
 
     @property
     def refresh_interval_s(self) -> float:
@@ -58,8 +80,14 @@ class Heartbeat:
     def _beat(self):
         if self.registration is None:
             self._changed.clear()
-            self.registration = self.discovery.register(self.host_id, self._value(), self.ttl_s)
+            self._writing = True
+            try:
+                self.registration = self.discovery.register(self.host_id, self._value(),
+                                                            self.ttl_s)
+            finally:
+                self._writing = False
             self._last_publish = time.monotonic()
+            self._wrote()
             log.info("registered as %s (created index %d, ttl %ds)", self.host_id,
                      self.registration.created_index, self.ttl_s)
             return
@@ -69,9 +97,14 @@ class Heartbeat:
                 gevent.sleep(max(0.0, self._last_publish + self.min_publish_interval_s
                                  - time.monotonic()))
                 self._changed.clear()
-                index = self.discovery.publish(self.host_id, self._value(), self.ttl_s,
-                                               self.registration.modified_index)
+                self._writing = True
+                try:
+                    index = self.discovery.publish(self.host_id, self._value(), self.ttl_s,
+                                                   self.registration.modified_index)
+                finally:
+                    self._writing = False
                 self._last_publish = time.monotonic()
+                self._wrote()
             else:
                 index = self.discovery.refresh(self.host_id, self.ttl_s,
                                                self.registration.modified_index)
