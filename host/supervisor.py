@@ -68,9 +68,12 @@ class JobSupervisor:
                 return existing, False
             raise Conflict(f"job {job.id!r} exists with a different spec")
         self._check_fits(job)
-        if not self.events_connected:  # 503 now beats accepting a job we could not track
+        # 503 now beats accepting a job we cannot start or track. The ping also catches an
+        # engine gone a moment ago, before the event follower noticed.
+        if not self.events_connected:
             raise errors.Unavailable("Docker is unreachable (not following its events); "
                                      "retry shortly")
+        self.runtime.ping()
         bindings = self.ports.reserve(job.config.ports)
         active = self.table.add(job, bindings)
         self._spawn(self._start, job.id)

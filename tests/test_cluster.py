@@ -89,6 +89,8 @@ class ClusterTest(ClusterTestCase):
                          f"http://127.0.0.2:{first.port}/cluster/hosts/x?redirect=true")
         missing = second.client.get("/cluster/hosts/nope")  # the leader's 404, forwarded
         self.assertEqual((missing.status_code, missing.json()["code"]), (404, "not_found"))
+        bad = second.client.get("/cluster/events?since=abc")
+        self.assertEqual((bad.status_code, bad.json()["code"]), (400, "validation_error"))
         wrong = second.client.post("/cluster/hosts")
         self.assertEqual((wrong.status_code, wrong.json()["code"]), (405, "method_not_allowed"))
 
@@ -121,6 +123,39 @@ class ClusterTest(ClusterTestCase):
         wait_until(lambda: self.leader_seen_by(third) == second.host_id, TTL,
                    "the next-oldest taking over")
         self.assertLess(time.monotonic() - stopped, 1.5)  # the key was deleted, not expired
+
+    def test_cluster_events_follow_jobs_and_hosts_across_a_leader_change(self):
+        first, second, third = self.start_three()
+        wait_until(lambda: len(self.hosts_seen_by(first)) == 3, 10, "three hosts")
+        cursor = second.client.get("/cluster/events").json()["cursor"]  # forwarded
+        third.client.put_job("ev1", job_body(["sleep", "60"]))
+        third.client.wait_status("ev1", "running")
+        third.kill()  # its running job is lost with it
+
+        def events_since(agent, since):
+            seen, cursor_now = [], since
+            deadline = time.monotonic() + TTL + 10
+            while time.monotonic() < deadline:
+                page = agent.client.get("/cluster/events", params={"since": cursor_now,
+                                                                   "wait": 2}).json()
+                seen += page["events"]
+                cursor_now = page["cursor"]
+                if any(e["type"] == "host" and e["event"] == "remove" for e in seen):
+                    return seen, cursor_now
+            raise AssertionError(f"no host remove event: {seen}")
+        seen, cursor = events_since(second, cursor)
+        job_events = [(e["event"], e["job"]["status"]) for e in seen if e["job_id"] == "ev1"]
+        self.assertEqual(job_events[:2], [("create", "starting"), ("start", "running")])
+        self.assertEqual(job_events[-1], ("error", "lost"))
+        self.assertEqual([e["host_id"] for e in seen if e["type"] == "host"], [third.host_id])
+        cursors = [e["cursor"] for e in seen]
+        self.assertEqual(cursors, sorted(cursors))
+        # the leader stops; the same cursor goes on at the new leader
+        self.assertEqual(first.stop(), 0)
+        wait_until(lambda: self.leader_seen_by(second) == second.host_id, TTL, "takeover")
+        page = second.client.get("/cluster/events", params={"since": cursor, "wait": 5}).json()
+        self.assertEqual([(e["type"], e["event"], e["host_id"]) for e in page["events"]],
+                         [("host", "remove", first.host_id)])
 
     def test_vanished_registration_is_registered_again(self):
         first, second = self.start_agent(1), self.start_agent(2)
@@ -172,8 +207,9 @@ class EmbeddedEtcdTest(unittest.TestCase):
             self.assertEqual([r.host_id for r in own.list_hosts()[1]], [agent.host_id])
             self.assertTrue(os.path.isdir(os.path.join(agent.state_dir, "etcd", "data")))
             self.assertEqual(agent.stop(signal.SIGTERM), 0)
-            with self.assertRaises(Exception):  # the embedded member went with the agent
-                own.ping()
+            with self.assertRaises(Exception), \
+                    self.assertLogs("urllib3.connectionpool", "WARNING"):  # its retries
+                own.ping()  # the embedded member went with the agent
         finally:
             agent.cleanup()
 

@@ -50,11 +50,24 @@ class EventLogTest(unittest.TestCase):
         with self.assertRaises(CursorExpired):
             empty.since(41)
 
-    def test_out_of_order_append_is_a_bug(self):
+    def test_cursors_only_increase_gaps_allowed(self):
         log = EventLog(capacity=3)
         log.append(event(1))
         with self.assertRaises(ValueError):
-            log.append(event(3))
+            log.append(event(1))
+        log.append(event(30))  # cluster cursors come from etcd's index: gaps are normal
+        self.assertEqual([e.cursor for e, _ in log.since(1)], [30])
+        self.assertEqual([e.cursor for e, _ in log.since(29)], [30])
+
+    def test_restart_at_forgets_history(self):
+        log = EventLog(capacity=5)
+        log.append(event(1))
+        log.restart_at(50)
+        self.assertEqual(log.since(50), [])
+        with self.assertRaises(CursorExpired):
+            log.since(1)
+        log.append(event(51))
+        self.assertEqual([e.cursor for e, _ in log.since(50)], [51])
 
     def test_wait_wakes_on_append_not_on_timeout(self):
         log = EventLog(capacity=10)

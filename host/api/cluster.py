@@ -8,7 +8,8 @@ import functools
 import bottle
 
 from host import client
-from host.api.http import bool_param, json_body, read_json
+from host.api.events import MAX_WAIT_S, events_response
+from host.api.http import bool_param, float_param, json_body, read_json
 from host.errors import NotFound, NotLeader
 
 
@@ -27,14 +28,17 @@ def install(app: bottle.Bottle, agent):
             if leader is None:
                 raise NotLeader("no leader is known yet")
             request = bottle.request
-            if bool_param(request.query, "redirect"):
+            # a stream cannot be relayed through a buffered forward: send the client along
+            if bool_param(request.query, "redirect") or bool_param(request.query, "stream"):
                 location = f"http://{leader.addr}{request.fullpath}"
                 if request.query_string:
                     location += "?" + request.query_string
                 return bottle.HTTPResponse(status=307, headers={"Location": location})
             answer = client.forward(leader.addr, request.method, request.fullpath,
                                     request.query_string, request.body.read(),
-                                    request.content_type)
+                                    request.content_type,
+                                    extra_timeout_s=float_param(request.query, "wait", 0, 0,
+                                                                MAX_WAIT_S))
             return bottle.HTTPResponse(answer.content, answer.status_code, headers={
                 "Content-Type": answer.headers.get("Content-Type", "application/json")})
         return wrapper
@@ -73,6 +77,12 @@ def install(app: bottle.Bottle, agent):
                                 request.query_string, b"", "")
         return bottle.HTTPResponse(answer.content, answer.status_code, headers={
             "Content-Type": answer.headers.get("Content-Type", "application/json")})
+
+    @app.get("/cluster/events")
+    @leader_only
+    def events():
+        status, content_type, body = events_response(view.events, bottle.request.query)
+        return bottle.HTTPResponse(body, status, headers={"Content-Type": content_type})
 
     @app.get("/cluster/hosts/<host_id>")
     @leader_only

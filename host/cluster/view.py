@@ -5,6 +5,11 @@ index, applying each registration into a dict {host_id: RegisteredHost}. When et
 history was cleared, or etcd was unreachable, it reads everything again. The leader is the live
 registration with the lowest createdIndex: no other election. On the leader this dict is the
 cluster mirror the cluster API serves.
+
+Each applied change also becomes cluster events (host add/remove/update, and a job event for every
+job whose state changed; the active jobs of a host that left are reported lost). A cluster event's
+cursor is etcd's index of the change times CURSOR_SCALE plus its place within the change, so
+every agent numbers the same event alike and a client keeps its cursor when the leader changes.
 """
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ import simplejson
 from host import errors
 from host.clock import rfc3339
 from host.discovery.etcd import EtcdDiscovery, HostChange, IndexCleared, Registration
+from host.events import EventLog
+from host.types import ACTIVE_STATES, EVENT_FOR_STATE, Event
+
+#: cluster event cursors per etcd index: room for that many events from one change
+CURSOR_SCALE = 10000
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +52,11 @@ class ClusterView:
     #: seconds to wait before reading again after etcd failed
     retry_s = 0.5
 
-    def __init__(self, discovery: EtcdDiscovery, host_id: str):
+    def __init__(self, discovery: EtcdDiscovery, host_id: str, event_capacity: int = 10000):
         self.discovery = discovery
         self.host_id = host_id
         self.hosts: dict = {}
+        self.events = EventLog(event_capacity)
         self.synced = gevent.event.Event()       # set once the first full read is applied
         self._changed = gevent.event.Event()     # swapped and set on every change
         self._leader_id: Optional[str] = None
@@ -94,9 +105,13 @@ class ClusterView:
             host = self._parse(registration)
             if host is not None:
                 fresh[host.id] = host
-        for gone in set(self.hosts) - set(fresh):
-            log.info("cluster view: host %s is gone", gone)
-        self.hosts = fresh
+        previous, self.hosts = self.hosts, fresh
+        # history before this read is unknown here: clients with older cursors re-list
+        self.events.restart_at(max(index * CURSOR_SCALE, self.events.last_cursor))
+        if self.synced.is_set():  # not the first read: tell what changed meanwhile
+            emit = self._emitter(index)
+            for host_id in sorted(set(previous) | set(fresh)):
+                self._diff(emit, previous.get(host_id), fresh.get(host_id))
         self._elect(index)
         self.synced.set()
         self._notify()
@@ -104,19 +119,53 @@ class ClusterView:
 
     def _apply(self, change: HostChange, index: int):
         registration = change.registration
+        before = self.hosts.get(registration.host_id)
         if change.action == "remove":
+            after = None
             if self.hosts.pop(registration.host_id, None) is not None:
                 log.info("cluster view: host %s left", registration.host_id)
         else:
-            host = self._parse(registration)
-            if host is None:
+            after = self._parse(registration)
+            if after is None:
                 return
-            if host.id not in self.hosts:
-                log.info("cluster view: host %s joined (created index %d)", host.id,
-                         host.created_index)
-            self.hosts[host.id] = host
+            if before is None:
+                log.info("cluster view: host %s joined (created index %d)", after.id,
+                         after.created_index)
+            self.hosts[after.id] = after
+        self._diff(self._emitter(index), before, after)
         self._elect(index)
         self._notify()
+
+    def _emitter(self, index: int):
+        """A function publishing cluster events numbered within etcd change `index`."""
+        position = [max(index * CURSOR_SCALE, self.events.last_cursor)]
+        now = rfc3339(datetime.now(timezone.utc))
+
+        def emit(kind: str, name: str, host_id: str, job: Optional[dict] = None):
+            position[0] += 1
+            self.events.append(Event(cursor=position[0], type=kind, event=name, host_id=host_id,
+                                     job_id=job["id"] if job else None, job=job, time=now))
+        return emit
+
+    @staticmethod
+    def _diff(emit, before: Optional[RegisteredHost], after: Optional[RegisteredHost]):
+        """Cluster events for one host's change from `before` to `after` (None = absent)."""
+        old_jobs = {j["id"]: j for j in before.record.get("jobs", [])} if before else {}
+        if after is None:
+            emit("host", "remove", before.id)
+            for job in old_jobs.values():
+                if job.get("status") in ACTIVE_STATES:
+                    emit("job", "error", before.id,
+                         dict(job, status="lost", error=f"host {before.id} left the cluster"))
+            return
+        if before is None:
+            emit("host", "add", after.id)
+        elif _without_jobs(before.record) != _without_jobs(after.record):
+            emit("host", "update", after.id)
+        for job in after.record.get("jobs", []):
+            old = old_jobs.get(job["id"])
+            if old is None or old.get("status") != job.get("status"):
+                emit("job", EVENT_FOR_STATE.get(job.get("status"), "update"), after.id, job)
 
     def _parse(self, registration: Registration) -> Optional[RegisteredHost]:
         try:
@@ -145,3 +194,7 @@ class ClusterView:
     def _notify(self):
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
+
+
+def _without_jobs(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "jobs" and k != "allocated"}
