@@ -15,5 +15,7 @@ def configure_logging(level: str = "info"):
     root.setLevel(level.upper())
     # the HTTP access log is narration of every request: debug only
     logging.getLogger("host.access").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
-    for noisy in ("urllib3", "docker"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("docker").setLevel(logging.WARNING)
+    # urllib3 warns of every retry (e.g. while an embedded etcd starts); failures that matter
+    # reach us as exceptions and are logged by the code that saw them
+    logging.getLogger("urllib3").setLevel(logging.ERROR)

@@ -6,11 +6,13 @@ import time
 import unittest
 
 import gevent
+import requests
 import simplejson
 
 from host.cluster.view import ClusterView
 from host.discovery.etcd import EtcdDiscovery, Records
 from host.jobspec import parse_job
+from host.runtime.docker import DockerRuntime
 from tests.support import (AgentProcess, free_port, job_body, remove_host_containers,
                            require_docker, wait_until)
 
@@ -336,3 +338,54 @@ class AddJobsTest(ClusterTestCase):
         third.client.wait_status("orphan", "running", timeout=TTL + 20)
         self.assertEqual(count_containers(self.runtime, "orphan"), 1)
         wait_until(lambda: requests.read_dir()[1] == [], 10, "the request record removed")
+
+
+class EtcdDiscoveryTest(unittest.TestCase):
+    def test_three_agents_form_an_etcd_cluster_through_discovery_and_survive_losing_one(self):
+        peers = require_etcd()  # the test etcd doubles as the discovery service
+        require_docker()
+        token = f"t{os.getpid()}"
+        discovery_client = EtcdDiscovery(peers, "/discovery")
+        discovery_client._client.write(f"/discovery/{token}/_config/size", "3")
+        url = f"{peers}/v2/keys/discovery/{token}"
+        agents = []
+        for n in (1, 2, 3):
+            client_port, peer_port = free_port(), free_port()
+            agent = AgentProcess(f"d{n}-{os.getpid()}", ip=f"127.0.0.{n + 1}",
+                                 env={"ETCD_PEERS": "", "ETCD_DISCOVERY": url,
+                                      "FLYNN_ETCD_PREFIX": f"/flynn-test/discovery-{token}"},
+                                 args=["-heartbeat-ttl", str(TTL), "-etcd-client-port",
+                                       str(client_port), "-etcd-peer-port", str(peer_port)])
+            agent.etcd_url = f"http://127.0.0.1:{client_port}"
+            agents.append(agent)
+        try:
+            for agent in agents:  # together: each member waits for the other two
+                agent.start(wait=False)
+            for agent in agents:
+                agent.wait_ready(timeout=60)
+            members = requests.get(agents[0].etcd_url + "/v2/members", timeout=5).json()
+            self.assertEqual(len(members["members"]), 3)
+            for agent in agents:
+                wait_until(lambda: agent.client.get("/cluster/hosts").status_code == 200 and
+                           len(agent.client.get("/cluster/hosts").json()) == 3, 15,
+                           f"{agent.host_id} seeing all three")
+            leader = agents[0].client.get("/cluster/leader").json()["id"]
+            self.assertTrue(all(a.client.get("/cluster/leader").json()["id"] == leader
+                                for a in agents))
+            # one machine goes: the agent and, with it, its etcd member
+            lost = next(a for a in agents if a.host_id != leader)
+            lost.kill()
+            survivors = [a for a in agents if a is not lost]
+            wait_until(lambda: {h["id"] for h in survivors[0].client.get(
+                "/cluster/hosts").json()} == {a.host_id for a in survivors}, TTL + 10,
+                "the cluster going on with two members")
+            survivors[1].client.put_job("after-loss", job_body(["true"]))
+            self.assertEqual(survivors[1].client.wait_status("after-loss", "done")["status"],
+                             "done")
+        finally:
+            for agent in agents:  # all at once: the last members must not wait for a quorum
+                if agent.proc is not None and agent.proc.poll() is None:
+                    agent.proc.send_signal(signal.SIGTERM)
+            for agent in agents:
+                agent.cleanup()
+                remove_host_containers(DockerRuntime(), agent.host_id)

