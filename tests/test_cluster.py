@@ -255,6 +255,12 @@ class AddJobsTest(ClusterTestCase):
         self.assertEqual(resp.status_code, 200, resp.text)
         placed = {p["job_id"]: p["host_id"] for p in resp.json()["jobs"]}
         self.assertEqual(sorted(placed.values()), sorted(a.host_id for a in self.agents))
+        # jobs that reserve nothing spread by count
+        light = self.post_jobs(third, {"jobs": [dict(job_body(["sleep", "60"]), id=f"l{n}")
+                                                for n in range(6)]})
+        self.assertEqual(light.status_code, 200, light.text)
+        per_host = [p["host_id"] for p in light.json()["jobs"]]
+        self.assertEqual(sorted(per_host.count(a.host_id) for a in self.agents), [2, 2, 2])
         full = self.post_jobs(first, {"jobs": [dict(job_body(["true"]), id="p9",
                                                     resources={"memory_mb": 80})]})
         self.assertEqual((full.status_code, full.json()["code"]), (422, "no_capacity"))

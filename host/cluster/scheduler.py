@@ -37,15 +37,16 @@ class Capacity:
     memory_mb: int
     cpu_shares: int
     ports: set = field(default_factory=set)       # {(port, proto)} taken
+    jobs: int = 0                                 # active jobs, pending ones included
 
     @classmethod
     def of(cls, host: RegisteredHost) -> "Capacity":
         record = host.record
         total, used = record.get("resources", {}), record.get("allocated", {})
-        ports = {(p["port"], p["proto"]) for j in record.get("jobs", [])
-                 if j.get("status") in ACTIVE_STATES for p in j.get("ports", [])}
+        active = [j for j in record.get("jobs", []) if j.get("status") in ACTIVE_STATES]
+        ports = {(p["port"], p["proto"]) for j in active for p in j.get("ports", [])}
         return cls(host, total.get("memory_mb", 0) - used.get("memory_mb", 0),
-                   total.get("cpu_shares", 0) - used.get("cpu_shares", 0), ports)
+                   total.get("cpu_shares", 0) - used.get("cpu_shares", 0), ports, len(active))
 
     def shortfall(self, job: Job) -> str:
         """Why the job does not fit here ("" when it does)."""
@@ -63,15 +64,17 @@ class Capacity:
         self.memory_mb -= job.resources.memory_mb
         self.cpu_shares -= job.resources.cpu_shares
         self.ports |= {(p.port, p.proto) for p in job.config.ports if p.port}
+        self.jobs += 1
 
     @property
     def load(self) -> tuple:
-        """Least allocated first: the larger share of memory or CPU in use, then the host id
-        (a deterministic tie-break)."""
+        """Least allocated first: the larger share of memory or CPU in use, then the number of
+        jobs (jobs without reservations spread too), then the host id (a deterministic
+        tie-break)."""
         record = self.host.record.get("resources", {})
         memory = 1 - self.memory_mb / record["memory_mb"] if record.get("memory_mb") else 0
         cpu = 1 - self.cpu_shares / record["cpu_shares"] if record.get("cpu_shares") else 0
-        return max(memory, cpu), self.host.id
+        return max(memory, cpu), self.jobs, self.host.id
 
 
 class JobScheduler:
