@@ -37,7 +37,8 @@ def through_cluster(runtime) -> float:
         for n in (1, 2, 3):
             agent = AgentProcess(f"pl{n}-{os.getpid()}", ip=f"127.0.0.{n + 1}",
                                  args=["-log-level", "info", "-cpu-shares", "1000000",
-                                       "-memory-mb", "1000000"],
+                                       "-memory-mb", "1000000", "-task-concurrency",
+                                       os.environ.get("BENCH_TASK_CONCURRENCY", "64")],
                                  env={"FLYNN_ETCD_PREFIX": prefix})
             agent.start()
             agents.append(agent)

@@ -74,9 +74,6 @@ def load_or_create_host_id(state_dir: str) -> str:
 
 
 class Agent:
-    #: background tasks (job starts, stops, pruning) that may run at once
-    task_concurrency = 64
-
     def __init__(self, config: Config, runtime: Runtime, clock: Optional[Clock] = None,
                  discovery: Optional[EtcdDiscovery] = None,
                  embedded_etcd: Optional[EmbeddedEtcd] = None):
@@ -90,7 +87,7 @@ class Agent:
         self.table = JobTable.load(self.host_id, self.store, self.clock, config.event_buffer)
         self.ports = PortAllocator(config.ports[0], config.ports[1], config.bind)
         self.capacity = HostResources(memory_mb=config.memory_mb, cpu_shares=config.cpu_shares)
-        self.tasks = gevent.pool.Pool(self.task_concurrency)
+        self.tasks = gevent.pool.Pool(config.task_concurrency)
         self.services: dict = {}
         self.crashed = gevent.event.AsyncResult()
         self.supervisor = JobSupervisor(

@@ -208,6 +208,8 @@ SETTINGS = (
     Setting("retain-ended", positive_int, 100, "ended jobs whose containers are kept for logs",
             "N"),
     Setting("event-buffer", positive_int, 10000, "events kept for long-poll resumption", "N"),
+    Setting("task-concurrency", positive_int, 64, "background tasks (container starts, stops) "
+            "run at once; the engine slows down with too many parallel starts", "N"),
     Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
     Setting("etcd-peers", parse_etcd_peers, "", "etcd client URLs, comma-separated; none (and no "
             "discovery URL) = run an embedded single-member etcd", "URLS", env_name="ETCD_PEERS"),

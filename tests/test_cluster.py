@@ -2,6 +2,7 @@
 mirror, forwarding, and what happens when hosts (the leader among them) stop or die."""
 import os
 import signal
+import subprocess
 import time
 import unittest
 
@@ -159,6 +160,21 @@ class ClusterTest(ClusterTestCase):
         self.assertEqual([(e["type"], e["event"], e["host_id"]) for e in page["events"]],
                          [("host", "remove", first.host_id)])
 
+    def test_unreachable_leader_is_503_not_leader_and_streams_go_to_the_leader(self):
+        first, second = self.start_agent(1), self.start_agent(2)
+        stream = second.client.get("/cluster/events?stream=true", allow_redirects=False)
+        self.assertEqual(stream.status_code, 307)
+        self.assertTrue(stream.headers["Location"].startswith(f"http://127.0.0.2:{first.port}/"))
+        with first.client.get("/cluster/events", params={"stream": "true"}, stream=True) as live:
+            self.assertEqual(live.headers["Content-Type"], "application/x-ndjson")
+        first.kill()  # its key lives on for most of a TTL: the leader is known but unreachable
+        resp = second.client.get("/cluster/hosts")
+        self.assertEqual(self.leader_seen_by(second), first.host_id)  # still within the TTL
+        self.assertEqual(resp.status_code, 503, resp.text)
+        body = resp.json()
+        self.assertEqual((body["code"], body["retry"]), ("not_leader", True))
+        self.assertEqual(body["leader"], f"127.0.0.2:{first.port}")
+
     def test_vanished_registration_is_registered_again(self):
         first, second = self.start_agent(1), self.start_agent(2)
         discovery = EtcdDiscovery(self.peers, self.prefix)
@@ -208,6 +224,16 @@ class EmbeddedEtcdTest(unittest.TestCase):
             own = EtcdDiscovery(f"http://127.0.0.1:{client_port}", f"/flynn-test/{agent.host_id}")
             self.assertEqual([r.host_id for r in own.list_hosts()[1]], [agent.host_id])
             self.assertTrue(os.path.isdir(os.path.join(agent.state_dir, "etcd", "data")))
+            # the member dies: the agent starts it again
+            member = int(subprocess.check_output(["pgrep", "-P", str(agent.proc.pid),
+                                                  "etcd"]).split()[0])
+            os.kill(member, signal.SIGKILL)
+            wait_until(lambda: subprocess.run(["pgrep", "-P", str(agent.proc.pid), "etcd"],
+                                              capture_output=True).stdout.strip() not in
+                       (b"", str(member).encode()), 15, "the member started again")
+            wait_until(lambda: agent.client.get("/host/status").json()["etcd"] == "ok", 15,
+                       "etcd answering again")
+            self.assertIn("starting it again", agent.log())
             self.assertEqual(agent.stop(signal.SIGTERM), 0)
             with self.assertRaises(Exception), \
                     self.assertLogs("urllib3.connectionpool", "WARNING"):  # its retries
