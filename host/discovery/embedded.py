@@ -93,7 +93,10 @@ class EmbeddedEtcd:
         with open(log_path, "ab") as out:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL,
-                                            preexec_fn=_die_with_parent, env=_member_env())
+                                            preexec_fn=_die_with_parent, env=_member_env(),
+                                            # a terminal's Ctrl-C reaches the agent, which
+                                            # deregisters first, then stops the member
+                                            start_new_session=True)
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if self.process.poll() is not None:
