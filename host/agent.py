@@ -47,10 +47,6 @@ def job_summary(job) -> dict:
             "started_at": job.started_at, "ended_at": job.ended_at}
 
 
-class AgentCrashed(BaseException):
-    """A long-lived service died; a BaseException so no application code swallows it."""
-
-
 def load_or_create_host_id(state_dir: str) -> str:
     """The id kept in the state dir, or a new one derived from the hostname (kept from then on,
     so renaming the machine does not turn it into a different host)."""

@@ -97,6 +97,7 @@ class EtcdDiscovery:
         self._client = etcd.Client(host=host_arg, port=port_arg, protocol=protocol,
                                    allow_reconnect=len(hosts) > 1,
                                    read_timeout=self.request_timeout_s, per_host_pool_size=32)
+        self._services = Records(self, f"discoverd/services/{SERVICE}")
 
     def _key(self, host_id: str) -> str:
         return f"{self.services_dir}/{host_id}"
@@ -164,47 +165,26 @@ class EtcdDiscovery:
 
     def list_hosts(self) -> tuple:
         """(etcd index to watch after, [Registration]) from one recursive read."""
-        try:
-            result = self._client.read(self.services_dir, recursive=True,
-                                       timeout=self.request_timeout_s)
-        except etcd.EtcdKeyNotFound as e:  # no host registered yet: watch from etcd's index
-            payload = getattr(e, "payload", None) or {}
-            return int(payload.get("index", 0)), []
-        except Exception as e:
-            raise _translate("listing hosts", e) from e
-        registrations = [
-            Registration(node.key.rsplit("/", 1)[-1], node.value, node.createdIndex,
-                         node.modifiedIndex)
-            for node in result.leaves if not node.dir and node.key != self.services_dir]
-        return result.etcd_index, registrations
+        index, records = self._services.read_dir()
+        return index, [Registration(r.name, r.value, r.created_index, r.modified_index)
+                       for r in records]
 
     def watch_hosts(self, after_index: int, timeout_s: float) -> Optional[HostChange]:
         """The next change to any registration with an index above `after_index`, or None after
         `timeout_s` without one. Raises IndexCleared when that history is gone."""
-        try:
-            result = self._client.read(self.services_dir, recursive=True, wait=True,
-                                       waitIndex=after_index + 1, timeout=timeout_s)
-        except etcd.EtcdWatchTimedOut:
+        record = self._services.watch_dir(after_index, timeout_s)
+        if record is None:
             return None
-        except etcd.EtcdEventIndexCleared as e:
-            raise IndexCleared(f"etcd history before {after_index + 1} is gone") from e
-        except etcd.EtcdKeyNotFound:
-            return None  # the directory does not exist yet
-        except Exception as e:
-            if isinstance(e, urllib3.exceptions.ReadTimeoutError):
-                return None
-            raise _translate("watching hosts", e) from e
-        host_id = result.key.rsplit("/", 1)[-1]
-        removed = result.action in ("delete", "expire", "compareAndDelete")
-        return HostChange("remove" if removed else "put",
-                          Registration(host_id, None if removed else result.value,
-                                       result.createdIndex, result.modifiedIndex))
+        return HostChange("remove" if record.removed else "put",
+                          Registration(record.name, record.value, record.created_index,
+                                       record.modified_index))
 
 
 @dataclass(frozen=True)
 class Record:
     name: str                    # the key below the directory read or watched, e.g. "h1/web-1"
     value: Optional[str]         # None for a removal
+    created_index: int
     modified_index: int
     removed: bool = False
 
@@ -241,7 +221,8 @@ class Records:
         except Exception as e:
             raise _translate(f"reading {self.dir}", e) from e
         return result.etcd_index, [
-            Record(node.key[len(self.dir) + 1:], node.value, node.modifiedIndex)
+            Record(node.key[len(self.dir) + 1:], node.value, node.createdIndex,
+                   node.modifiedIndex)
             for node in result.leaves if not node.dir and node.key != self.dir]
 
     def watch_dir(self, after_index: int, timeout_s: float) -> Optional[Record]:
@@ -258,4 +239,4 @@ class Records:
             raise _translate(f"watching {self.dir}", e) from e
         removed = result.action in ("delete", "expire", "compareAndDelete")
         return Record(result.key[len(self.dir) + 1:], None if removed else result.value,
-                      result.modifiedIndex, removed)
+                      result.createdIndex, result.modifiedIndex, removed)
