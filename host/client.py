@@ -1,18 +1,56 @@
-"""Talking to agents over HTTP. For now: forwarding a request to the cluster leader unchanged.
-(The full HostClient / ClusterClient for the CLI and schedulers comes with the client issue.)"""
+"""The one HTTP client of the code base: the CLI, schedulers' scripts, the tests, and the agent
+itself (forwarding cluster requests to the leader) talk to agents through it.
+
+Errors come back as the project's typed exceptions, built from the JSON error body
+(`code`, `message`, `retry`): host.errors.NotFound, Conflict, ... An agent that cannot be reached
+raises AgentUnreachable. Every call has a timeout.
+"""
 from __future__ import annotations
+
+import logging
+import time
+from typing import Iterator, Optional
 
 import requests
 
-from host.errors import NotLeader
+from host import errors
+
+log = logging.getLogger(__name__)
 
 #: seconds a forwarded request may take (a long-poll's own wait comes on top)
 FORWARD_TIMEOUT_S = 35  # an AddJobs request may wait up to 30 s in the leader's queue
 
+ERROR_CLASSES = {cls.code: cls for cls in (
+    errors.ValidationError, errors.NotFound, errors.MethodNotAllowed, errors.Conflict,
+    errors.CursorExpired, errors.TooLarge, errors.NoCapacity, errors.Unavailable,
+    errors.NotLeader, errors.InternalError)}
+
+
+class AgentUnreachable(errors.FlynnError):
+    """No answer from the agent (refused, timed out, reset)."""
+    code = "unavailable"
+    retry = True
+
+
+def error_from_response(response: requests.Response) -> errors.FlynnError:
+    """The typed error an agent's 4xx/5xx answer stands for."""
+    try:
+        body = response.json()
+        code, message = body["code"], body["message"]
+    except (ValueError, KeyError, TypeError):
+        return errors.FlynnError(f"HTTP {response.status_code} from {response.url}: "
+                                 f"{response.text[:200]}")
+    cls = ERROR_CLASSES.get(code, errors.FlynnError)
+    extra = {k: v for k, v in body.items() if k not in ("code", "message", "retry")}
+    error = cls(message, retry=bool(body.get("retry", cls.retry)), **extra)
+    error.http_status = response.status_code
+    return error
+
 
 def forward(addr: str, method: str, path: str, query: str, body: bytes, content_type: str,
             extra_timeout_s: float = 0) -> requests.Response:
-    """Send the request to the agent at `addr`; NotLeader (503, retry) if it cannot be reached."""
+    """Send a request on to the agent at `addr` as it came (the leader's answer is relayed
+    unchanged); NotLeader (503, retry) if it cannot be reached."""
     url = f"http://{addr}{path}" + (f"?{query}" if query else "")
     try:
         return requests.request(method, url, data=body or None,
@@ -20,4 +58,150 @@ def forward(addr: str, method: str, path: str, query: str, body: bytes, content_
                                 timeout=FORWARD_TIMEOUT_S + extra_timeout_s,
                                 allow_redirects=False)
     except requests.RequestException as e:
-        raise NotLeader(f"the leader at {addr} could not be reached: {e}", leader=addr) from e
+        raise errors.NotLeader(f"the leader at {addr} could not be reached: {e}",
+                               leader=addr) from e
+
+
+class _Client:
+    #: seconds an ordinary call may take
+    timeout_s = 10.0
+
+    def __init__(self, addr: str, timeout_s: Optional[float] = None):
+        self.addr = addr if "://" in addr else f"http://{addr}"
+        self.timeout_s = timeout_s or self.timeout_s
+        self.http = requests.Session()
+
+    def _request(self, method: str, path: str, *, extra_timeout_s: float = 0,
+                 stream: bool = False, **kwargs) -> requests.Response:
+        try:
+            response = self.http.request(method, self.addr + path, stream=stream,
+                                         timeout=self.timeout_s + extra_timeout_s, **kwargs)
+        except requests.RequestException as e:
+            raise AgentUnreachable(f"no answer from {self.addr}: {e}") from e
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs):
+        return self._request(method, path, **kwargs).json()
+
+    def _events(self, path: str, since, wait, job_id) -> dict:
+        params = {"wait": wait}
+        if since is not None:
+            params["since"] = since
+        if job_id:
+            params["job_id"] = job_id
+        return self._json("GET", path, params=params, extra_timeout_s=wait)
+
+    def _follow(self, path: str, since, job_id, wait_s: float,
+                max_backoff_s: float) -> Iterator[dict]:
+        """Events forever, resuming from the last cursor after any connection error (with
+        backoff). CursorExpired propagates: the caller must re-list state."""
+        cursor, backoff = since, 0.1
+        while True:
+            try:
+                page = self._events(path, cursor, wait_s, job_id)
+            except (AgentUnreachable, errors.Unavailable, errors.NotLeader) as e:
+                log.debug("events: %s; resuming from cursor %s in %.1fs", e, cursor, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+                continue
+            backoff = 0.1
+            yield from page["events"]
+            cursor = page["cursor"]
+
+
+class HostClient(_Client):
+    """One agent's own jobs (the host API)."""
+
+    def status(self) -> dict:
+        return self._json("GET", "/host/status")
+
+    def jobs(self, status: Optional[str] = None) -> list:
+        return self._json("GET", "/host/jobs", params={"status": status} if status else None)
+
+    def job(self, job_id: str) -> dict:
+        return self._json("GET", f"/host/jobs/{job_id}")
+
+    def add_job(self, job_id: str, job: dict) -> tuple:
+        """(ActiveJob, created): created is False when the same job was there already."""
+        response = self._request("PUT", f"/host/jobs/{job_id}", json=job)
+        return response.json(), response.status_code == 202
+
+    def stop_job(self, job_id: str, timeout_s: Optional[float] = None) -> dict:
+        params = {"timeout": timeout_s} if timeout_s is not None else None
+        return self._json("DELETE", f"/host/jobs/{job_id}", params=params,
+                          extra_timeout_s=timeout_s or 0)
+
+    def signal_job(self, job_id: str, signal) -> dict:
+        return self._json("POST", f"/host/jobs/{job_id}/signal", json={"signal": signal})
+
+    def log(self, job_id: str, follow: bool = False, tail: Optional[int] = None,
+            stream: Optional[str] = None) -> Iterator[bytes]:
+        """The job's output as chunks; with follow, until the job ends."""
+        params = {"follow": "true" if follow else "false"}
+        if tail is not None:
+            params["tail"] = tail
+        if stream:
+            params["stream"] = stream
+        response = self._request("GET", f"/host/jobs/{job_id}/log", params=params, stream=True,
+                                 extra_timeout_s=3600 if follow else 0)
+        try:
+            yield from response.iter_content(chunk_size=None)
+        except requests.RequestException as e:
+            raise AgentUnreachable(f"log stream from {self.addr} broke: {e}") from e
+        finally:
+            response.close()
+
+    def events(self, since: Optional[int] = None, wait: float = 0,
+               job_id: Optional[str] = None) -> dict:
+        return self._events("/host/events", since, wait, job_id)
+
+    def follow_events(self, since: Optional[int] = None, job_id: Optional[str] = None,
+                      wait_s: float = 30, max_backoff_s: float = 5) -> Iterator[dict]:
+        return self._follow("/host/events", since, job_id, wait_s, max_backoff_s)
+
+
+class ClusterClient(_Client):
+    """The cluster API through any agent (it forwards to the leader). Errors marked
+    `retry: true` (no leader yet, leader unreachable) are retried a bounded number of times."""
+    #: attempts for an error that says retry, with growing pauses between them
+    attempts = 5
+
+    def _json(self, method: str, path: str, **kwargs):
+        pause = 0.2
+        for attempt in range(self.attempts):
+            try:
+                return super()._json(method, path, **kwargs)
+            except errors.FlynnError as e:
+                if not e.retry or attempt == self.attempts - 1:
+                    raise
+                log.debug("%s %s: %s; retrying in %.1fs", method, path, e, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def leader(self) -> dict:
+        return self._json("GET", "/cluster/leader")
+
+    def hosts(self) -> list:
+        return self._json("GET", "/cluster/hosts")
+
+    def host(self, host_id: str) -> dict:
+        return self._json("GET", f"/cluster/hosts/{host_id}")
+
+    def add_jobs(self, jobs: list, host_id: Optional[str] = None) -> list:
+        """Place `jobs` (on `host_id`, or where the leader chooses): [{"host_id", "job_id"}]."""
+        body = {host_id or "jobs": jobs}
+        return self._json("POST", "/cluster/jobs", json=body, extra_timeout_s=30)["jobs"]
+
+    def stop_job(self, host_id: str, job_id: str, timeout_s: Optional[float] = None) -> dict:
+        params = {"timeout": timeout_s} if timeout_s is not None else None
+        return self._json("DELETE", f"/cluster/hosts/{host_id}/jobs/{job_id}", params=params,
+                          extra_timeout_s=timeout_s or 0)
+
+    def events(self, since: Optional[int] = None, wait: float = 0) -> dict:
+        return self._events("/cluster/events", since, wait, None)
+
+    def follow_events(self, since: Optional[int] = None, wait_s: float = 30,
+                      max_backoff_s: float = 5) -> Iterator[dict]:
+        return self._follow("/cluster/events", since, None, wait_s, max_backoff_s)

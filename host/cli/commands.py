@@ -1,0 +1,231 @@
+"""Client subcommands: `flynn-host ps | inspect | log | stop | signal | status | leader | hosts |
+events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent answered with
+an error (its message on one line of stderr), 2 usage error, 3 agent unreachable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import simplejson
+
+from host import errors
+from host.client import AgentUnreachable, ClusterClient, HostClient
+
+EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_ADDR = "127.0.0.1:1113"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser(name: str, description: str, examples: str) -> _Parser:
+    parser = _Parser(prog=f"flynn-host {name}", description=description,
+                     epilog="examples:\n" + examples,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-H", "--addr", "-addr", default=os.environ.get("FLYNN_HOST_ADDR",
+                                                                        DEFAULT_ADDR),
+                        help="agent address (env FLYNN_HOST_ADDR, default %(default)s)")
+    parser.add_argument("--json", "-json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _print_json(value):
+    print(simplejson.dumps(value, indent=2, sort_keys=True))
+
+
+def _table(rows: list, headers: list):
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    for row in [headers] + rows:
+        print("   ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _ports(ports: list) -> str:
+    return ",".join(f"{p['port']}->{p['container_port']}/{p['proto']}" for p in ports)
+
+
+# ---- the commands ---------------------------------------------------------------------------
+
+def cmd_ps(argv):
+    parser = _parser("ps", "List jobs (running and starting; -a for ended ones too).",
+                     "  flynn-host ps\n  flynn-host ps -a --json\n"
+                     "  flynn-host ps -q | xargs flynn-host stop\n  flynn-host ps --cluster")
+    parser.add_argument("-a", "--all", action="store_true", help="include ended jobs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="job ids only")
+    parser.add_argument("--cluster", "-cluster", action="store_true",
+                        help="every host's jobs, from the leader")
+    args = parser.parse_args(argv)
+    if args.cluster:
+        rows = [dict(job, host_id=host["id"]) for host in ClusterClient(args.addr).hosts()
+                for job in host.get("jobs", [])]
+        rows = [{"id": j["id"], "status": j["status"], "image": j["image"], "command": "",
+                 "created_at": j["created_at"], "host_id": j["host_id"], "ports": j["ports"],
+                 "raw": j} for j in rows]
+    else:
+        rows = [{"id": j["job"]["id"], "status": j["status"], "image": j["job"]["config"]["image"],
+                 "command": " ".join(j["job"]["config"]["cmd"] or []),
+                 "created_at": j["created_at"], "host_id": j["host_id"], "ports": j["ports"],
+                 "raw": j} for j in HostClient(args.addr).jobs()]
+    if not args.all:
+        rows = [r for r in rows if r["status"] in ("starting", "running")]
+    if args.json:
+        _print_json([r["raw"] for r in rows])
+    elif args.quiet:
+        for row in rows:
+            print(row["id"])
+    else:
+        _table([[r["id"], r["status"], r["image"], r["command"][:40], r["created_at"] or "",
+                 r["host_id"], _ports(r["ports"])] for r in rows],
+               ["JOB ID", "STATE", "IMAGE", "COMMAND", "CREATED", "HOST", "PORTS"])
+
+
+def cmd_inspect(argv):
+    parser = _parser("inspect", "Show a job in full (JSON).", "  flynn-host inspect web-1")
+    parser.add_argument("job_id")
+    args = parser.parse_args(argv)
+    _print_json(HostClient(args.addr).job(args.job_id))
+
+
+def cmd_log(argv):
+    parser = _parser("log", "Print a job's output.",
+                     "  flynn-host log web-1\n  flynn-host log -f --tail 10 web-1")
+    parser.add_argument("job_id")
+    parser.add_argument("-f", "--follow", action="store_true", help="until the job ends")
+    parser.add_argument("--tail", "-tail", type=int, help="only the last N lines")
+    args = parser.parse_args(argv)
+    if args.tail is not None and args.tail < 0:
+        raise UsageError("flynn-host log: --tail must be 0 or more")
+    out = sys.stdout.buffer
+    for chunk in HostClient(args.addr).log(args.job_id, follow=args.follow, tail=args.tail):
+        out.write(chunk)
+        out.flush()
+
+
+def cmd_stop(argv):
+    parser = _parser("stop", "Stop jobs: SIGTERM, then SIGKILL after the timeout.",
+                     "  flynn-host stop web-1 web-2\n  flynn-host stop --timeout 2 web-1")
+    parser.add_argument("job_ids", nargs="+")
+    parser.add_argument("--timeout", "-timeout", type=float, default=None,
+                        help="seconds before SIGKILL (default 10)")
+    args = parser.parse_args(argv)
+    client = HostClient(args.addr)
+    stopped = [client.stop_job(job_id, args.timeout) for job_id in args.job_ids]
+    if args.json:
+        _print_json(stopped)
+    else:
+        for job in stopped:
+            print(job["job"]["id"])
+
+
+def cmd_signal(argv):
+    parser = _parser("signal", "Send a signal to a running job.",
+                     "  flynn-host signal web-1 HUP")
+    parser.add_argument("job_id")
+    parser.add_argument("signal")
+    args = parser.parse_args(argv)
+    signal = int(args.signal) if args.signal.isdigit() else args.signal
+    job = HostClient(args.addr).signal_job(args.job_id, signal)
+    _print_json(job) if args.json else print(job["job"]["id"])
+
+
+def cmd_status(argv):
+    parser = _parser("status", "This agent's status.", "  flynn-host status --json")
+    args = parser.parse_args(argv)
+    status = HostClient(args.addr).status()
+    if args.json:
+        _print_json(status)
+        return
+    leader = status["leader"]
+    for key, value in (("id", status["id"]), ("addr", status["addr"]),
+                       ("version", status["version"]),
+                       ("leader", f"{leader['id']} ({leader['addr']})" if leader else "none"),
+                       ("docker", status["docker"]), ("etcd", status["etcd"]),
+                       ("jobs", ", ".join(f"{k} {v}" for k, v in sorted(status["jobs"].items()))
+                        or "none")):
+        print(f"{key + ':':<9}{value}")
+
+
+def cmd_leader(argv):
+    parser = _parser("leader", "The cluster leader.", "  flynn-host leader")
+    args = parser.parse_args(argv)
+    leader = ClusterClient(args.addr).leader()
+    _print_json(leader) if args.json else print(f"{leader['id']} {leader['addr']}")
+
+
+def cmd_hosts(argv):
+    parser = _parser("hosts", "The cluster's hosts, from the leader's mirror.",
+                     "  flynn-host hosts\n  flynn-host hosts --json")
+    args = parser.parse_args(argv)
+    hosts = ClusterClient(args.addr).hosts()
+    if args.json:
+        _print_json(hosts)
+        return
+    rows = []
+    for host in hosts:
+        total, used = host.get("resources", {}), host.get("allocated", {})
+        active = sum(1 for j in host.get("jobs", []) if j["status"] in ("starting", "running"))
+        rows.append([host["id"], host["addr"], "*" if host.get("leader") else "", active,
+                     f"{used.get('memory_mb', 0)}/{total.get('memory_mb', 0)} MiB",
+                     f"{used.get('cpu_shares', 0)}/{total.get('cpu_shares', 0)}",
+                     host.get("registered_at", "")])
+    _table(rows, ["HOST ID", "ADDR", "LEADER", "JOBS", "MEMORY", "CPU", "REGISTERED"])
+
+
+def cmd_events(argv):
+    parser = _parser("events", "Print events (-f to follow; it resumes after reconnecting).",
+                     "  flynn-host events --since 0\n  flynn-host events -f\n"
+                     "  flynn-host events -f --cluster")
+    parser.add_argument("-f", "--follow", action="store_true")
+    parser.add_argument("--since", "-since", type=int, default=None,
+                        help="cursor to start after (default: now when following, else 0)")
+    parser.add_argument("--cluster", "-cluster", action="store_true")
+    args = parser.parse_args(argv)
+    client = ClusterClient(args.addr) if args.cluster else HostClient(args.addr)
+
+    def show(event):
+        if args.json:
+            print(simplejson.dumps(event), flush=True)
+        else:
+            job = event.get("job") or {}
+            print(f"{event['cursor']}  {event['time']}  {event['type']} {event['event']}  "
+                  f"host={event['host_id']}" + (f" job={event['job_id']} {job.get('status')}"
+                                               if event.get("job_id") else ""), flush=True)
+    if args.follow:
+        for event in client.follow_events(since=args.since):
+            show(event)
+    else:
+        for event in client.events(since=0 if args.since is None else args.since)["events"]:
+            show(event)
+
+
+COMMANDS = {"ps": cmd_ps, "inspect": cmd_inspect, "log": cmd_log, "stop": cmd_stop,
+            "signal": cmd_signal, "status": cmd_status, "leader": cmd_leader,
+            "hosts": cmd_hosts, "events": cmd_events}
+
+
+def run(name: str, argv: list) -> int:
+    try:
+        COMMANDS[name](argv)
+        return EXIT_OK
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except AgentUnreachable as e:
+        print(f"flynn-host {name}: {e.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except errors.FlynnError as e:
+        print(f"flynn-host {name}: {e.message}", file=sys.stderr)
+        return EXIT_API_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `flynn-host ps | head`
+        return EXIT_OK
+    except SystemExit as e:  # --help
+        return int(e.code or 0)

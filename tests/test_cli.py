@@ -1,0 +1,93 @@
+"""The client subcommands as a subprocess, against a real agent: tables, --json, exit codes."""
+import os
+import subprocess
+import sys
+import unittest
+
+import simplejson
+
+from tests.support import FLYNN_HOST, DockerAgentTestCase, free_port, job_body
+
+
+def cli(*args, addr=None, input=None):
+    env = dict(os.environ)
+    if addr:
+        env["FLYNN_HOST_ADDR"] = addr
+    return subprocess.run([sys.executable, FLYNN_HOST, *args], capture_output=True, text=True,
+                          timeout=60, env=env, input=input)
+
+
+class CliTest(DockerAgentTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.addr = f"127.0.0.1:{cls.agent.port}"
+        cls.client.put_job("cli-run", job_body(["sh", "-c", "echo one; sleep 300"],
+                                               ports=[{"port": 0}]))
+        cls.client.put_job("cli-done", job_body(["echo", "finished"]))
+        cls.client.wait_status("cli-run", "running")
+        cls.client.wait_status("cli-done", "done")
+
+    def test_ps_table_quiet_all_and_json(self):
+        table = cli("ps", addr=self.addr)
+        self.assertEqual(table.returncode, 0, table.stderr)
+        lines = table.stdout.splitlines()
+        self.assertEqual(lines[0].split(), ["JOB", "ID", "STATE", "IMAGE", "COMMAND", "CREATED",
+                                            "HOST", "PORTS"])
+        self.assertIn("cli-run", table.stdout)
+        self.assertNotIn("cli-done", table.stdout)
+        self.assertIn("->", lines[1])  # the published port
+        running = cli("ps", "-q", addr=self.addr).stdout.split()
+        self.assertIn("cli-run", running)
+        self.assertNotIn("cli-done", running)
+        self.assertTrue({"cli-done", "cli-run"} <= set(cli("ps", "-a", "-q",
+                                                           addr=self.addr).stdout.split()))
+        listed = simplejson.loads(cli("ps", "-a", "--json", addr=self.addr).stdout)
+        states = {j["job"]["id"]: j["status"] for j in listed}
+        self.assertEqual((states["cli-run"], states["cli-done"]), ("running", "done"))
+
+    def test_inspect_log_status(self):
+        job = simplejson.loads(cli("inspect", "cli-done", "-H", self.addr).stdout)
+        self.assertEqual((job["status"], job["exit_status"]), ("done", 0))
+        self.assertEqual(cli("log", "cli-done", "-H", self.addr).stdout, "finished\n")
+        self.assertEqual(cli("log", "--tail", "1", "cli-run", "-H", self.addr).stdout, "one\n")
+        status = cli("status", "-H", self.addr)
+        self.assertIn(f"id:      {self.host_id}", status.stdout)
+        self.assertEqual(simplejson.loads(cli("status", "--json", "-H", self.addr).stdout)["id"],
+                         self.host_id)
+
+    def test_log_follow_ends_with_the_job_and_stop_via_xargs_style(self):
+        self.client.put_job("cli-follow", job_body(["sh", "-c", "echo a; sleep 1; echo b"]))
+        self.assertEqual(cli("log", "-f", "cli-follow", "-H", self.addr).stdout, "a\nb\n")
+        self.client.put_job("cli-stop", job_body(["sleep", "300"]))
+        self.client.wait_status("cli-stop", "running")
+        stopped = cli("stop", "--timeout", "0", "cli-stop", "-H", self.addr)
+        self.assertEqual((stopped.returncode, stopped.stdout), (0, "cli-stop\n"))
+        self.assertEqual(self.client.wait_status("cli-stop", "crashed")["exit_status"], 137)
+
+    def test_leader_and_hosts_of_a_one_host_cluster(self):
+        self.assertEqual(cli("leader", "-H", self.addr).stdout.split()[0], self.host_id)
+        hosts = cli("hosts", "-H", self.addr)
+        self.assertEqual(hosts.stdout.splitlines()[0].split(),
+                         ["HOST", "ID", "ADDR", "LEADER", "JOBS", "MEMORY", "CPU", "REGISTERED"])
+        self.assertIn(self.host_id, hosts.stdout)
+
+    def test_events(self):
+        out = cli("events", "--since", "0", "--json", "-H", self.addr).stdout.splitlines()
+        events = [simplejson.loads(line) for line in out]
+        self.assertIn(("cli-done", "stop"), [(e["job_id"], e["event"]) for e in events])
+
+    def test_exit_codes(self):
+        missing = cli("inspect", "nope", "-H", self.addr)
+        self.assertEqual(missing.returncode, 1)
+        self.assertEqual(missing.stderr.strip(), "flynn-host inspect: no job 'nope' on this host")
+        usage = cli("log", "--tail", "-5", "cli-run", "-H", self.addr)
+        self.assertEqual(usage.returncode, 2)
+        self.assertEqual(cli("ps", "--bogus", "-H", self.addr).returncode, 2)
+        unreachable = cli("ps", "-H", f"127.0.0.1:{free_port()}")
+        self.assertEqual(unreachable.returncode, 3)
+        for result in (missing, usage, unreachable):
+            self.assertNotIn("Traceback", result.stderr)
+        helped = cli("ps", "--help")
+        self.assertEqual(helped.returncode, 0)
+        self.assertIn("examples:", helped.stdout)
