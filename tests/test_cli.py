@@ -91,3 +91,25 @@ class CliTest(DockerAgentTestCase):
         helped = cli("ps", "--help")
         self.assertEqual(helped.returncode, 0)
         self.assertIn("examples:", helped.stdout)
+
+    def test_run_prints_output_and_passes_the_exit_status_through(self):
+        ran = cli("run", "--id", "cli-r1", os.environ.get("FLYNN_TEST_IMAGE",
+                                                          "flynn-test/busybox:latest"),
+                  "sh", "-c", "echo out; echo err >&2; exit 3", addr=self.addr)
+        self.assertEqual((ran.returncode, ran.stdout, ran.stderr), (3, "out\n", "err\n"))
+        self.assertEqual(self.client.job("cli-r1")["exit_status"], 3)
+
+    def test_run_detached_on_a_named_host_with_limits(self):
+        image = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
+        ran = cli("run", "-d", "--on", self.host_id, "--id", "cli-d1", "-m", "32m", "-e",
+                  "GREETING=hi", "-p", "8080", image, "sleep", "300", addr=self.addr)
+        self.assertEqual((ran.returncode, ran.stdout), (0, "cli-d1\n"), ran.stderr)
+        job = self.client.wait_status("cli-d1", "running")
+        self.assertEqual(job["job"]["resources"]["memory_mb"], 32)
+        self.assertEqual(job["job"]["config"]["env"], {"GREETING": "hi"})
+        self.assertEqual(job["ports"][0]["container_port"], 8080)
+        failed = cli("run", "--id", "cli-f1", "127.0.0.1:1/none", addr=self.addr)
+        self.assertEqual(failed.returncode, 125)
+        self.assertIn("cli-f1 failed", failed.stderr)
+        bad = cli("run", "-m", "lots", image, addr=self.addr)
+        self.assertEqual(bad.returncode, 2)

@@ -1,5 +1,5 @@
-"""Client subcommands: `flynn-host ps | inspect | log | stop | signal | status | leader | hosts |
-events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent answered with
+"""Client subcommands: `flynn-host run | ps | inspect | log | stop | signal | status | leader |
+hosts | events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent answered with
 an error (its message on one line of stderr), 2 usage error, 3 agent unreachable.
 """
 from __future__ import annotations
@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
+import gevent
 import simplejson
 
 from host import errors
@@ -205,15 +207,109 @@ def cmd_events(argv):
             show(event)
 
 
-COMMANDS = {"ps": cmd_ps, "inspect": cmd_inspect, "log": cmd_log, "stop": cmd_stop,
+def _memory_mb(text: str) -> int:
+    units = {"m": 1, "g": 1024}
+    text = text.strip().lower().rstrip("ib")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (e.g. 64, 64m, 1g)")
+
+
+def _port(text: str) -> dict:
+    host, _, container = text.rpartition(":")
+    try:
+        return {"port": int(host) if host else 0, "container_port": int(container) or None}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r} (PORT or HOSTPORT:PORT)")
+
+
+def _env(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
+
+
+def cmd_run(argv):
+    parser = _parser("run", "Run a job through the cluster (placed by the leader, or on --on "
+                     "HOST). Without -d, print its output and exit with its exit status.",
+                     "  flynn-host run flynn-test/busybox echo hello\n"
+                     "  flynn-host run -d -p 8080 -m 64m --id web-1 busybox httpd -f -p 8080\n"
+                     "  flynn-host run --on host2 -e GREETING=hi busybox env")
+    parser.add_argument("-e", "--env", "-env", type=_env, action="append", default=[],
+                        help="KEY=VALUE, repeatable")
+    parser.add_argument("-p", "--port", "-port", type=_port, action="append", default=[],
+                        help="container PORT (a host port is allocated) or HOSTPORT:PORT")
+    parser.add_argument("-m", "--memory", "-memory", type=_memory_mb, default=0,
+                        help="memory limit, MiB (64, 64m, 1g)")
+    parser.add_argument("--cpu", "-cpu", type=int, default=0, help="CPU shares")
+    parser.add_argument("--id", "-id", help="job id (default: generated)")
+    parser.add_argument("--on", "-on", help="host to run on (default: the leader places it)")
+    parser.add_argument("-d", "--detach", action="store_true", help="print the job id and exit")
+    parser.add_argument("image")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    job = {"config": {"image": args.image, "cmd": args.cmd or None, "env": dict(args.env),
+                      "ports": args.port},
+           "resources": {"memory_mb": args.memory, "cpu_shares": args.cpu}}
+    if args.id:
+        job["id"] = args.id
+    cluster = ClusterClient(args.addr)
+    placed = cluster.add_jobs([job], host_id=args.on)[0]
+    if args.detach:
+        _print_json(placed) if args.json else print(placed["job_id"])
+        return EXIT_OK
+    host = HostClient(cluster.host(placed["host_id"])["addr"])
+    job_id = placed["job_id"]
+    _wait_for_job(host, job_id)
+    outputs = [gevent.spawn(_copy, host.log(job_id, follow=True, stream=name), target)
+               for name, target in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer))]
+    gevent.joinall(outputs, raise_error=True)
+    ended = _wait_for_job(host, job_id, final=True)
+    if ended["status"] == "failed":
+        print(f"flynn-host run: job {job_id} failed: {ended['error']}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return ended["exit_status"] if ended["exit_status"] is not None else EXIT_API_ERROR
+
+
+#: as docker run: the job could not be started at all
+EXIT_RUN_FAILED = 125
+
+
+def _copy(chunks, target):
+    for chunk in chunks:
+        target.write(chunk)
+        target.flush()
+
+
+def _wait_for_job(host: HostClient, job_id: str, final: bool = False, timeout_s: float = 60):
+    """The job once its host has it (from the leader's assignment), or once it has ended."""
+    deadline = time.monotonic() + timeout_s
+    cursor = host.events()["cursor"]
+    while True:
+        try:
+            job = host.job(job_id)
+            if not final or job["status"] in ("done", "crashed", "failed"):
+                return job
+        except errors.NotFound:
+            pass
+        if time.monotonic() > deadline:
+            raise errors.FlynnError(f"job {job_id} did not {'end' if final else 'arrive'} "
+                                    f"within {timeout_s:.0f}s")
+        cursor = host.events(since=cursor, wait=2, job_id=job_id)["cursor"]
+
+
+COMMANDS = {"run": cmd_run, "ps": cmd_ps, "inspect": cmd_inspect, "log": cmd_log, "stop": cmd_stop,
             "signal": cmd_signal, "status": cmd_status, "leader": cmd_leader,
             "hosts": cmd_hosts, "events": cmd_events}
 
 
 def run(name: str, argv: list) -> int:
     try:
-        COMMANDS[name](argv)
-        return EXIT_OK
+        return COMMANDS[name](argv) or EXIT_OK
     except UsageError as e:
         print(e, file=sys.stderr)
         return EXIT_USAGE
