@@ -128,10 +128,11 @@ class AgentClient:
 class AgentProcess:
     """bin/flynn-host as a real process on 127.0.0.1:<free port> with its own state dir."""
 
-    def __init__(self, host_id: str, state_dir: str = None, args=(), env=None, ip="127.0.0.1"):
+    def __init__(self, host_id: str, state_dir: str = None, args=(), env=None, ip="127.0.0.1",
+                 port: int = None):
         self.host_id = host_id
         self.ip = ip
-        self.port = free_port()
+        self.port = port or free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix=f"flynn-{host_id}-")
         self.args = list(args)
         # a cluster of its own unless the test shares a prefix between agents

@@ -4,9 +4,11 @@ import subprocess
 import sys
 import unittest
 
+import gevent
 import simplejson
 
-from tests.support import FLYNN_HOST, DockerAgentTestCase, free_port, job_body
+from tests.support import (FLYNN_HOST, AgentProcess, DockerAgentTestCase, free_port, job_body,
+                           remove_host_containers, require_docker)
 
 
 def cli(*args, addr=None, input=None):
@@ -113,3 +115,34 @@ class CliTest(DockerAgentTestCase):
         self.assertIn("cli-f1 failed", failed.stderr)
         bad = cli("run", "-m", "lots", image, addr=self.addr)
         self.assertEqual(bad.returncode, 2)
+
+
+class EventsFollowAcrossRestartTest(unittest.TestCase):
+    def test_events_f_resumes_after_the_agent_restarts(self):
+        runtime = require_docker()
+        agent = AgentProcess(f"tclievents{os.getpid()}").start()
+        addr = f"127.0.0.1:{agent.port}"
+        follower = subprocess.Popen([sys.executable, FLYNN_HOST, "events", "-f", "--json",
+                                     "--since", "0", "-H", addr], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            agent.client.put_job("before", job_body(["true"]))
+            agent.client.wait_status("before", "done")
+            self.assertEqual(agent.stop(), 0)
+            agent = AgentProcess(agent.host_id, state_dir=agent.state_dir, port=agent.port)
+            agent.start()
+            agent.client.put_job("after", job_body(["true"]))
+            agent.client.wait_status("after", "done")
+            seen = []
+            with gevent.Timeout(30):
+                while ("after", "stop") not in [(e["job_id"], e["event"]) for e in seen]:
+                    seen.append(simplejson.loads(follower.stdout.readline()))
+            self.assertEqual([e["cursor"] for e in seen], list(range(1, len(seen) + 1)))
+            self.assertEqual([(e["job_id"], e["event"]) for e in seen],
+                             [("before", "create"), ("before", "start"), ("before", "stop"),
+                              ("after", "create"), ("after", "start"), ("after", "stop")])
+        finally:
+            follower.kill()
+            follower.wait()
+            agent.cleanup()
+            remove_host_containers(runtime, agent.host_id)
