@@ -34,7 +34,7 @@ from host.runtime import Runtime
 from host.state import JobTable
 from host.store import Store
 from host.supervisor import JobSupervisor
-from host.types import HostResources, id_problem
+from host.types import STARTING, HostResources, id_problem
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +224,14 @@ class Agent:
             "registered_at": self.started_at,
         }
 
-    def wait_for_container(self, job_id: str, timeout_s: float = 3600.0):
-        """The job once it has a container or has ended (for a followed log of a job that is
-        still being created)."""
+    def wait_until_started(self, job_id: str, timeout_s: float = 3600.0):
+        """The job once its container has started or the job has ended, for a followed log of
+        a job still being created: Docker ends a follow on a container not yet started at once,
+        with nothing in it."""
         deadline = self.clock.monotonic() + timeout_s
         cursor = self.table.events.last_cursor
         job = self.table.get(job_id)
-        while not job.container_id and not job.is_final:
+        while job.status == STARTING:
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 break
@@ -238,7 +239,6 @@ class Agent:
                                                lambda e: e.job_id == job_id)
             job = self.table.get(job_id)
         return job
-
 
 def build_agent(config: Config) -> Agent:
     """The daemon's agent: Docker from the environment, etcd from the configuration."""

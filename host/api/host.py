@@ -62,7 +62,7 @@ def install(app: bottle.Bottle, agent):
         tail = int_param(query, "tail", None, 0, 1 << 31)
         which = choice_param(query, "stream", ("stdout", "stderr"))
         if follow:
-            job = agent.wait_for_container(job_id)
+            job = agent.wait_until_started(job_id)
         if not job.container_id:
             return bottle.HTTPResponse(b"", headers={"Content-Type": "text/plain"})
         chunks = agent.runtime.logs(job.container_id, stdout=which in (None, "stdout"),
