@@ -8,7 +8,7 @@ import gevent
 import simplejson
 
 from tests.support import (FLYNN_HOST, AgentProcess, DockerAgentTestCase, free_port, job_body,
-                           remove_host_containers, require_docker)
+                           remove_host_containers, require_docker, wait_until)
 
 
 def cli(*args, addr=None, input=None):
@@ -47,6 +47,20 @@ class CliTest(DockerAgentTestCase):
         listed = simplejson.loads(cli("ps", "-a", "--json", addr=self.addr).stdout)
         states = {j["job"]["id"]: j["status"] for j in listed}
         self.assertEqual((states["cli-run"], states["cli-done"]), ("running", "done"))
+
+    def test_ps_through_the_cluster(self):
+        def mirrored():  # the heartbeat publishes job changes within about 100 ms
+            jobs = self.client.get(f"/cluster/hosts/{self.host_id}").json().get("jobs", [])
+            return {"cli-done", "cli-run"} <= {j["id"] for j in jobs}
+        wait_until(mirrored, 10, "the leader's mirror showing both jobs")
+        for args in (["--cluster"], ["--host", self.host_id]):
+            with self.subTest(args=args):
+                listed = cli("ps", "-a", "-q", *args, addr=self.addr)
+                self.assertEqual(listed.returncode, 0, listed.stderr)
+                self.assertTrue({"cli-done", "cli-run"} <= set(listed.stdout.split()))
+        missing = cli("ps", "--host", "nohost", addr=self.addr)
+        self.assertEqual((missing.returncode, missing.stderr.strip()),
+                         (1, "flynn-host ps: no host 'nohost' in the cluster"))
 
     def test_inspect_log_status(self):
         job = simplejson.loads(cli("inspect", "cli-done", "-H", self.addr).stdout)

@@ -58,15 +58,19 @@ def _ports(ports: list) -> str:
 def cmd_ps(argv):
     parser = _parser("ps", "List jobs (running and starting; -a for ended ones too).",
                      "  flynn-host ps\n  flynn-host ps -a --json\n"
-                     "  flynn-host ps -q | xargs flynn-host stop\n  flynn-host ps --cluster")
+                     "  flynn-host ps -q | xargs flynn-host stop\n  flynn-host ps --cluster\n"
+                     "  flynn-host ps --host host2")
     parser.add_argument("-a", "--all", action="store_true", help="include ended jobs")
     parser.add_argument("-q", "--quiet", action="store_true", help="job ids only")
     parser.add_argument("--cluster", "-cluster", action="store_true",
                         help="every host's jobs, from the leader")
+    parser.add_argument("--host", "-host", metavar="HOST_ID",
+                        help="one host's jobs, from the leader")
     args = parser.parse_args(argv)
-    if args.cluster:
-        rows = [dict(job, host_id=host["id"]) for host in ClusterClient(args.addr).hosts()
-                for job in host.get("jobs", [])]
+    if args.cluster or args.host:
+        cluster = ClusterClient(args.addr)
+        hosts = [cluster.host(args.host)] if args.host else cluster.hosts()
+        rows = [dict(job, host_id=host["id"]) for host in hosts for job in host.get("jobs", [])]
         rows = [{"id": j["id"], "status": j["status"], "image": j["image"], "command": "",
                  "created_at": j["created_at"], "host_id": j["host_id"], "ports": j["ports"],
                  "raw": j} for j in rows]
