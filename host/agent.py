@@ -224,6 +224,17 @@ class Agent:
             "registered_at": self.started_at,
         }
 
+    def wait_until_final(self, job_id: str, timeout_s: float):
+        """The job once it has ended (or as it is after `timeout_s`)."""
+        deadline = self.clock.monotonic() + timeout_s
+        cursor = self.table.events.last_cursor
+        job = self.table.get(job_id)
+        while not job.is_final and self.clock.monotonic() < deadline:
+            _, cursor = self.table.events.wait(
+                cursor, min(deadline - self.clock.monotonic(), 15.0), lambda e: e.job_id == job_id)
+            job = self.table.get(job_id)
+        return job
+
     def wait_until_started(self, job_id: str, timeout_s: float = 3600.0):
         """The job once its container has started or the job has ended, for a followed log of
         a job still being created: Docker ends a follow on a container not yet started at once,

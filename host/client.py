@@ -12,6 +12,8 @@ import time
 from typing import Iterator, Optional
 
 import requests
+import simple_websocket
+import simplejson
 
 from host import errors
 
@@ -111,8 +113,59 @@ class _Client:
             cursor = page["cursor"]
 
 
+class Attachment:
+    """A job's streams over the attach WebSocket (framing: docs/API.md, "Attach")."""
+
+    def __init__(self, ws):
+        self._ws = ws
+
+    def send(self, data: bytes):
+        self._ws.send(bytes(data))
+
+    def close_stdin(self):
+        self._control({"type": "eof"})
+
+    def signal(self, signal):
+        self._control({"type": "signal", "signal": signal})
+
+    def resize(self, height: int, width: int):
+        self._control({"type": "resize", "height": height, "width": width})
+
+    def _control(self, message: dict):
+        self._ws.send(simplejson.dumps(message))
+
+    def receive(self, timeout_s: Optional[float] = None):
+        """("stdout" | "stderr", bytes), ("exit", message) or ("error", message); None on a
+        timeout. Raises AgentUnreachable when the connection is gone without an exit."""
+        try:
+            message = self._ws.receive(timeout=timeout_s)
+        except simple_websocket.ConnectionClosed as e:
+            raise AgentUnreachable(f"the attach connection closed ({e.reason})") from e
+        if message is None:
+            return None
+        if isinstance(message, bytes):
+            return ("stdout" if message[0] == 1 else "stderr"), message[1:]
+        body = simplejson.loads(message)
+        return body["type"], body
+
+    def close(self):
+        try:
+            self._ws.close()
+        except simple_websocket.ConnectionClosed:
+            pass
+
+
 class HostClient(_Client):
     """One agent's own jobs (the host API)."""
+
+    def attach(self, job_id: str) -> Attachment:
+        """Attach to a job's stdin/stdout/stderr; the job may not exist yet (the agent waits,
+        bounded, and starts it only once attached)."""
+        url = self.addr.replace("http://", "ws://", 1) + f"/host/jobs/{job_id}/attach"
+        try:
+            return Attachment(simple_websocket.Client.connect(url))
+        except (simple_websocket.ConnectionError, OSError) as e:
+            raise AgentUnreachable(f"cannot attach through {self.addr}: {e}") from e
 
     def status(self) -> dict:
         return self._json("GET", "/host/status")

@@ -11,7 +11,8 @@ from host.errors import ValidationError
 from host.types import Job, JobConfig, PortSpec, Resources, id_problem
 
 JOB_FIELDS = {"id", "config", "resources", "attributes"}
-CONFIG_FIELDS = {"image", "cmd", "entrypoint", "env", "working_dir", "user", "tty", "ports"}
+CONFIG_FIELDS = {"image", "cmd", "entrypoint", "env", "working_dir", "user", "tty", "ports",
+                 "stdin"}
 RESOURCE_FIELDS = {"memory_mb", "cpu_shares"}
 PORT_FIELDS = {"port", "proto", "container_port"}
 PROTOCOLS = ("tcp", "udp")
@@ -93,9 +94,10 @@ def _config(value, path: str) -> JobConfig:
         _fail(f"{path}.image", "required")
     if not isinstance(image, str) or not image.strip() or len(image) > 512:
         _fail(f"{path}.image", "must be a non-empty image reference")
-    tty = value.get("tty", False)
-    if not isinstance(tty, bool):
-        _fail(f"{path}.tty", "must be true or false")
+    tty, stdin = value.get("tty", False), value.get("stdin", False)
+    for name, flag in (("tty", tty), ("stdin", stdin)):
+        if not isinstance(flag, bool):
+            _fail(f"{path}.{name}", "must be true or false")
     ports = value.get("ports") or []
     if not isinstance(ports, list):
         _fail(f"{path}.ports", "must be a list")
@@ -112,6 +114,7 @@ def _config(value, path: str) -> JobConfig:
         user=_optional_str(value.get("user"), f"{path}.user"),
         tty=tty,
         ports=port_specs,
+        stdin=stdin,
     )
 
 

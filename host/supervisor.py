@@ -28,12 +28,23 @@ log = logging.getLogger(__name__)
 LABEL_PORTS = "flynn-host.ports"
 
 
+class AttachSlot:
+    """An attach waiting on a job: `created` when its container exists, `attached` when the
+    attach holds the container's streams (the job is started only then)."""
+
+    def __init__(self):
+        self.created = gevent.event.Event()
+        self.attached = gevent.event.Event()
+
+
 class JobSupervisor:
     #: seconds a start keeps retrying while Docker is unreachable before the job is failed
     start_retry_s = 60.0
     #: seconds between reconnect attempts of the event stream, growing to the max
     reconnect_min_s = 0.2
     reconnect_max_s = 5.0
+    #: seconds a created container waits for its attach before it is started anyway
+    attach_wait_s = 30.0
 
     def __init__(self, *, host_id: str, external_ip: str, bind_ip: str, capacity: HostResources,
                  retain_ended: int, runtime: Runtime, table: JobTable, ports: PortAllocator,
@@ -51,6 +62,7 @@ class JobSupervisor:
         self._last_event_nanos: Optional[int] = None
         self.events_connected = False
         self._starting = set()        # ids with a _start in progress, so none runs twice
+        self._attach_slots: dict = {}  # job id -> AttachSlot
         ports.mark_taken(b for job in table.active() for b in job.ports)
 
     @property
@@ -128,7 +140,7 @@ class JobSupervisor:
             cmd=list(job.config.cmd) if job.config.cmd is not None else None,
             entrypoint=list(job.config.entrypoint) if job.config.entrypoint is not None else None,
             env=env, working_dir=job.config.working_dir, user=job.config.user,
-            tty=job.config.tty,
+            tty=job.config.tty, stdin=job.config.stdin,
             labels={LABEL_HOST_ID: self.host_id, LABEL_JOB_ID: job.id,
                     LABEL_JOB_SPEC: simplejson.dumps(job.to_dict()),
                     LABEL_PORTS: simplejson.dumps([p.to_dict() for p in active.ports])},
@@ -179,10 +191,36 @@ class JobSupervisor:
                 container_id = self.runtime.create(spec)
             self.table.update(job_id, container_id=container_id)
             log.debug("job %s: created container %s", job_id, container_id[:12])
+        self._wait_for_attach(active)
         if self._ended_by_stop_request(active):
             return  # the created container goes with the job's retention
         self.runtime.start(active.container_id)
         log.debug("job %s: started container %s", job_id, active.container_id[:12])
+
+    def reserve_attach(self, job_id: str) -> AttachSlot:
+        """An attach is coming (it may come before the job exists): start the job only once it
+        is attached, so none of its output is missed."""
+        slot = self._attach_slots.setdefault(job_id, AttachSlot())
+        job = self.table.find(job_id)
+        if job is not None and job.container_id:
+            slot.created.set()
+        return slot
+
+    def release_attach(self, job_id: str):
+        slot = self._attach_slots.pop(job_id, None)
+        if slot is not None:
+            slot.attached.set()  # a start still waiting goes ahead
+
+    def _wait_for_attach(self, active: ActiveJob):
+        slot = self._attach_slots.get(active.id)
+        if slot is None and active.job.config.stdin:
+            slot = self.reserve_attach(active.id)
+        if slot is None:
+            return
+        slot.created.set()
+        if not slot.attached.wait(self.attach_wait_s):
+            log.warning("job %s: no attach within %gs; starting it anyway", active.id,
+                        self.attach_wait_s)
 
     def _ended_by_stop_request(self, active: ActiveJob) -> bool:
         """A DELETE that arrived before the container started ends the job here."""

@@ -83,6 +83,7 @@ class JobConfig:
     user: Optional[str] = None
     tty: bool = False
     ports: tuple = ()             # PortSpec
+    stdin: bool = False           # keep stdin open; the host waits for an attach to start it
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +95,7 @@ class JobConfig:
             "user": self.user,
             "tty": self.tty,
             "ports": [p.to_dict() for p in self.ports],
+            "stdin": self.stdin,
         }
 
 
@@ -215,6 +217,7 @@ def job_from_dict(d: dict) -> Job:
         user=c.get("user"),
         tty=bool(c.get("tty")),
         ports=tuple(PortSpec(**p) for p in c.get("ports") or ()),
+        stdin=bool(c.get("stdin")),
     )
     return Job(id=d["id"], config=config, resources=Resources(**(d.get("resources") or {})),
                attributes=tuple(sorted((d.get("attributes") or {}).items())))

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 import bottle
 import simplejson
 
+from host.api import attach as attach_routes
 from host.api import cluster as cluster_routes
 from host.api import host as host_routes
 from host.api.events import events_response
@@ -58,4 +59,5 @@ def create_app(agent) -> bottle.Bottle:
     app.default_error_handler = router_error
     host_routes.install(app, agent)
     cluster_routes.install(app, agent)
+    attach_routes.install(app, agent)
     return app

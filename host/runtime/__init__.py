@@ -27,6 +27,7 @@ class ContainerSpec:
     working_dir: Optional[str] = None
     user: Optional[str] = None
     tty: bool = False
+    stdin: bool = False          # keep stdin open for an attach
     labels: dict = field(default_factory=dict)
     memory_mb: int = 0
     cpu_shares: int = 0
@@ -98,6 +99,15 @@ class Runtime:
         """Container events for containers with these labels, from `since_nanos` (inclusive,
         so the caller must tolerate repeats) and then live. Ends or raises RuntimeUnavailable
         when the connection breaks."""
+        raise NotImplementedError
+
+    def attach(self, container_id: str, tty: bool):
+        """Attach to the container's stdin, stdout and stderr (before it starts, so nothing is
+        missed): an Attachment with read() -> (STDOUT|STDERR, bytes) or None at the end,
+        write(bytes), close_stdin() and close()."""
+        raise NotImplementedError
+
+    def resize(self, container_id: str, height: int, width: int) -> None:
         raise NotImplementedError
 
     def logs(self, container_id: str, *, stdout: bool, stderr: bool, follow: bool,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import struct
 from typing import Iterator, Optional
 
@@ -108,6 +109,7 @@ class DockerRuntime(Runtime):
                     spec.image, command=spec.cmd, entrypoint=spec.entrypoint,
                     environment=[f"{k}={v}" for k, v in spec.env.items()],
                     working_dir=spec.working_dir, user=spec.user or None, tty=spec.tty,
+                    stdin_open=spec.stdin,
                     labels=spec.labels, name=spec.name, host_config=host_config,
                     ports=[(int(key.split("/")[0]), key.split("/")[1]) for key in bindings],
                 )
@@ -176,6 +178,16 @@ class DockerRuntime(Runtime):
         finally:
             stream.close()
 
+    def attach(self, container_id: str, tty: bool) -> "_Attachment":
+        with self._call(f"attaching to {container_id[:12]}") as api:
+            stream = api.attach_socket(container_id, params={"stdin": 1, "stdout": 1,
+                                                             "stderr": 1, "stream": 1})
+        return _Attachment(stream, tty)
+
+    def resize(self, container_id: str, height: int, width: int) -> None:
+        with self._call(f"resizing {container_id[:12]}") as api:
+            api.resize(container_id, height=height, width=width)
+
     def logs(self, container_id: str, *, stdout: bool, stderr: bool, follow: bool,
              tail: Optional[int], tty: bool) -> Iterator[tuple]:
         params = {"stdout": int(stdout), "stderr": int(stderr), "follow": int(follow),
@@ -187,6 +199,58 @@ class DockerRuntime(Runtime):
                                 stream=True, timeout=None)
             api._raise_for_status(response)
         return _LogStream(response, tty)
+
+
+class _Attachment:
+    """Docker's hijacked attach connection: multiplexed frames (or raw bytes with a TTY) out,
+    stdin in."""
+
+    def __init__(self, stream, tty: bool):
+        self._stream = stream
+        self._sock = stream._sock
+        self._tty = tty
+        self._buffer = b""
+
+    def _recv_exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            data = self._sock.recv(65536)
+            if not data:
+                return b""
+            self._buffer += data
+        chunk, self._buffer = self._buffer[:size], self._buffer[size:]
+        return chunk
+
+    def read(self):
+        """(stream, bytes), or None when the container's output has ended."""
+        try:
+            if self._tty:
+                data = self._buffer or self._sock.recv(65536)
+                self._buffer = b""
+                return (STDOUT, data) if data else None
+            header = self._recv_exactly(8)
+            if len(header) < 8:
+                return None
+            stream, length = struct.unpack(">BxxxL", header)
+            data = self._recv_exactly(length)
+            return (stream, data) if len(data) == length else None
+        except OSError:
+            return None
+
+    def write(self, data: bytes):
+        self._sock.sendall(data)
+
+    def close_stdin(self):
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        try:
+            self._stream.close()
+            self._sock.close()
+        except OSError:
+            pass
 
 
 class _LogStream:

@@ -1,0 +1,132 @@
+"""`/host/jobs/<id>/attach`: a job's stdin, stdout and stderr, signals and TTY size over one
+WebSocket (RFC 6455) connection. The framing is in docs/API.md ("Attach").
+
+An attach may be opened before the job exists (it waits, bounded); the host then starts the job
+only once the attach holds the container's streams, so no output is lost even for a job that
+exits at once. Served by bin/flynn-host (gevent's pywsgi); gunicorn's worker is not supported.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import bottle
+import gevent
+import simple_websocket
+import simplejson
+
+from host import errors
+from host.api.events import MAX_WAIT_S
+from host.api.host import parse_signal
+from host.runtime import STDERR, STDOUT
+from host.types import FINAL_STATES, id_problem
+
+log = logging.getLogger(__name__)
+
+#: seconds an attach waits for its job to appear, and for the container to be created
+ATTACH_WAIT_S = 30.0
+
+
+def install(app: bottle.Bottle, agent):
+    @app.get("/host/jobs/<job_id>/attach")
+    def attach(job_id):
+        environ = bottle.request.environ
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            raise errors.ValidationError("attach needs a WebSocket upgrade (RFC 6455)")
+        problem = id_problem(job_id)
+        if problem:
+            raise errors.ValidationError(f"job id: {problem}")
+        slot = agent.supervisor.reserve_attach(job_id)
+        try:
+            ws = simple_websocket.Server(environ)
+            try:
+                _session(agent, job_id, slot, ws)
+            except simple_websocket.ConnectionClosed:
+                pass
+            except errors.FlynnError as e:
+                _send_json(ws, dict(e.to_dict(), type="error"))
+                ws.close()
+        finally:
+            agent.supervisor.release_attach(job_id)
+        return bottle.HTTPResponse(status=200)
+
+
+def _send_json(ws, message: dict):
+    try:
+        ws.send(simplejson.dumps(message))
+    except simple_websocket.ConnectionClosed:
+        pass
+
+
+def _wait_for_job(agent, job_id: str):
+    deadline = time.monotonic() + ATTACH_WAIT_S
+    cursor = agent.table.events.last_cursor
+    while agent.table.find(job_id) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.NotFound(f"no job {job_id!r} appeared within {ATTACH_WAIT_S:g}s")
+        _, cursor = agent.table.events.wait(cursor, min(remaining, MAX_WAIT_S),
+                                            lambda e: e.job_id == job_id)
+    return agent.table.get(job_id)
+
+
+def _session(agent, job_id: str, slot, ws):
+    job = _wait_for_job(agent, job_id)
+    if job.status in FINAL_STATES:
+        _send_json(ws, {"type": "exit", "status": job.exit_status, "job": job.to_dict()})
+        ws.close()
+        return
+    if not slot.created.wait(ATTACH_WAIT_S) and not agent.table.get(job_id).container_id:
+        raise errors.Conflict(f"job {job_id!r} has no container yet; try again")
+    job = agent.table.get(job_id)
+    attachment = agent.runtime.attach(job.container_id, job.job.config.tty)
+    slot.attached.set()
+    log.info("job %s: attached", job_id)
+    output = gevent.spawn(_pump_output, agent, job_id, attachment, ws)
+    try:
+        while not output.ready():
+            message = ws.receive(timeout=1)
+            if message is None:
+                continue
+            if isinstance(message, bytes):
+                attachment.write(message)
+            else:
+                _control(agent, job_id, attachment, message)
+        output.get()
+    finally:
+        output.kill()
+        attachment.close()
+
+
+def _control(agent, job_id: str, attachment, text: str):
+    try:
+        message = simplejson.loads(text)
+        kind = message["type"]
+    except (ValueError, KeyError, TypeError):
+        raise errors.ValidationError(f"attach: not a control message: {text[:100]!r}")
+    job = agent.table.get(job_id)
+    if kind == "eof":
+        attachment.close_stdin()
+    elif kind == "signal":
+        agent.supervisor.signal(job_id, parse_signal(message.get("signal")))
+    elif kind == "resize":
+        height, width = message.get("height"), message.get("width")
+        if not all(isinstance(v, int) and 0 < v < 10000 for v in (height, width)):
+            raise errors.ValidationError("attach: resize needs integer height and width")
+        agent.runtime.resize(job.container_id, height, width)
+    else:
+        raise errors.ValidationError(f"attach: unknown message type {kind!r}")
+
+
+def _pump_output(agent, job_id: str, attachment, ws):
+    while True:
+        chunk = attachment.read()
+        if chunk is None:
+            break
+        stream, data = chunk
+        if stream in (STDOUT, STDERR):
+            ws.send(bytes([stream]) + data)
+    job = agent.wait_until_final(job_id, ATTACH_WAIT_S)
+    _send_json(ws, {"type": "exit", "status": job.exit_status, "error": job.error,
+                    "job": job.to_dict()})
+    ws.close()

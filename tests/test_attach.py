@@ -1,0 +1,53 @@
+"""Attach over WebSocket against the real engine: stdin in, stdout and stderr apart, signals, the
+exit status; attached before start so nothing is lost."""
+import gevent
+
+from host.client import HostClient
+from tests.support import DockerAgentTestCase, job_body
+
+
+class AttachTest(DockerAgentTestCase):
+    def collect(self, attachment, timeout_s=30):
+        out = {"stdout": b"", "stderr": b""}
+        with gevent.Timeout(timeout_s):
+            while True:
+                kind, payload = attachment.receive()
+                if kind in out:
+                    out[kind] += payload
+                else:
+                    return out, kind, payload
+
+    def test_stdin_in_streams_apart_exit_status_out(self):
+        host = HostClient(self.client.url)
+        attachment = host.attach("att-cat")  # before the job exists
+        body = job_body(["sh", "-c", "cat; echo bye >&2; exit 5"])
+        body["config"]["stdin"] = True
+        self.client.put_job("att-cat", body)
+        attachment.send(b"hello\n")
+        attachment.close_stdin()
+        out, kind, message = self.collect(attachment)
+        self.assertEqual((out["stdout"], out["stderr"]), (b"hello\n", b"bye\n"))
+        self.assertEqual((kind, message["status"]), ("exit", 5))
+        self.assertEqual(self.client.job("att-cat")["status"], "crashed")
+
+    def test_attach_before_start_loses_nothing_of_a_fast_job(self):
+        attachment = HostClient(self.client.url).attach("att-fast")
+        self.client.put_job("att-fast", job_body(["echo", "quick"]))
+        out, kind, message = self.collect(attachment)
+        self.assertEqual((out["stdout"], kind, message["status"]), (b"quick\n", "exit", 0))
+
+    def test_signal_through_the_attach_and_bad_requests(self):
+        body = job_body(["sh", "-c", "trap 'echo got-int; exit 0' INT; "
+                                     "while :; do sleep 0.1; done"])
+        self.client.put_job("att-sig", body)
+        self.client.wait_status("att-sig", "running")
+        gevent.sleep(0.3)  # the shell installs its trap right after exec
+        attachment = HostClient(self.client.url).attach("att-sig")
+        attachment.signal("INT")
+        out, kind, message = self.collect(attachment)
+        self.assertEqual((out["stdout"], kind, message["status"]), (b"got-int\n", "exit", 0))
+        plain = self.client.get("/host/jobs/att-sig/attach")
+        self.assertEqual((plain.status_code, plain.json()["code"]), (400, "validation_error"))
+        ended = HostClient(self.client.url).attach("att-sig")
+        kind, message = ended.receive(timeout_s=10)
+        self.assertEqual((kind, message["status"]), ("exit", 0))
