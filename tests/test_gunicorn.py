@@ -10,6 +10,7 @@ import unittest
 import gevent
 import requests
 
+from host.client import HostClient
 from tests.support import (REPO, AgentClient, free_port, job_body, remove_host_containers,
                            require_docker)
 
@@ -55,6 +56,20 @@ class GunicornTest(unittest.TestCase):
         self.client.put_job("g1", job_body(["true"]))
         self.assertEqual(self.client.wait_status("g1", "done")["exit_status"], 0)
         self.assertEqual(self.client.get("/nowhere").json()["code"], "not_found")
+
+    def test_attach_under_gunicorn(self):
+        self.wait_ready()
+        attachment = HostClient(self.client.url).attach("g-att")
+        self.client.put_job("g-att", job_body(["echo", "via-gunicorn"]))
+        received = []
+        with gevent.Timeout(30):
+            while True:
+                kind, payload = attachment.receive()
+                received.append((kind, payload if kind in ("stdout", "stderr") else
+                                 payload["status"]))
+                if kind in ("exit", "error"):
+                    break
+        self.assertEqual(received, [("stdout", b"via-gunicorn\n"), ("exit", 0)])
 
 
 class UnpatchedWsgiTest(unittest.TestCase):

@@ -3,7 +3,7 @@ WebSocket (RFC 6455) connection. The framing is in docs/API.md ("Attach").
 
 An attach may be opened before the job exists (it waits, bounded); the host then starts the job
 only once the attach holds the container's streams, so no output is lost even for a job that
-exits at once. Served by bin/flynn-host (gevent's pywsgi); gunicorn's worker is not supported.
+exits at once. Works under bin/flynn-host (gevent's pywsgi) and gunicorn's gevent worker.
 """
 from __future__ import annotations
 
