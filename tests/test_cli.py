@@ -115,6 +115,15 @@ class CliTest(DockerAgentTestCase):
         self.assertEqual((ran.returncode, ran.stdout, ran.stderr), (3, "out\n", "err\n"))
         self.assertEqual(self.client.job("cli-r1")["exit_status"], 3)
 
+    def test_run_interactive_forwards_stdin_and_the_exit_status(self):
+        image = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
+        ran = cli("run", "-i", image, "cat", addr=self.addr, input="hi\n")
+        self.assertEqual((ran.returncode, ran.stdout), (0, "hi\n"), ran.stderr)
+        ran = cli("run", "-i", image, "sh", "-c", "read x; echo $x >&2; exit 7", addr=self.addr,
+                  input="to-stderr\n")
+        self.assertEqual((ran.returncode, ran.stdout, ran.stderr), (7, "", "to-stderr\n"))
+        self.assertEqual(cli("run", "-d", "-i", image, addr=self.addr).returncode, 2)
+
     def test_run_detached_on_a_named_host_with_limits(self):
         image = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
         ran = cli("run", "-d", "--on", self.host_id, "--id", "cli-d1", "-m", "32m", "-e",

@@ -1,5 +1,5 @@
-"""Client subcommands: `flynn-host run | ps | inspect | log | stop | signal | status | leader |
-hosts | events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent answered with
+"""Client subcommands: `flynn-host run | attach | ps | inspect | log | stop | signal | status |
+leader | hosts | events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent answered with
 an error (its message on one line of stderr), 2 usage error, 3 agent unreachable.
 """
 from __future__ import annotations
@@ -253,11 +253,17 @@ def cmd_run(argv):
     parser.add_argument("--id", "-id", help="job id (default: generated)")
     parser.add_argument("--on", "-on", help="host to run on (default: the leader places it)")
     parser.add_argument("-d", "--detach", action="store_true", help="print the job id and exit")
+    parser.add_argument("-i", "--interactive", action="store_true",
+                        help="attach stdin (the job starts once attached: no output is lost)")
+    parser.add_argument("-t", "--tty", action="store_true",
+                        help="give the job a terminal; ours goes raw until it ends")
     parser.add_argument("image")
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.detach and (args.interactive or args.tty):
+        raise UsageError("flynn-host run: -d cannot go with -i or -t")
     job = {"config": {"image": args.image, "cmd": args.cmd or None, "env": dict(args.env),
-                      "ports": args.port},
+                      "ports": args.port, "stdin": args.interactive, "tty": args.tty},
            "resources": {"memory_mb": args.memory, "cpu_shares": args.cpu}}
     if args.id:
         job["id"] = args.id
@@ -268,6 +274,8 @@ def cmd_run(argv):
         return EXIT_OK
     host = HostClient(cluster.host(placed["host_id"])["addr"])
     job_id = placed["job_id"]
+    if args.interactive or args.tty:
+        return _interactive(host.attach(job_id), tty=args.tty, stdin=args.interactive)
     _wait_for_job(host, job_id)
     outputs = [gevent.spawn(_copy, host.log(job_id, follow=True, stream=name), target)
                for name, target in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer))]
@@ -281,6 +289,76 @@ def cmd_run(argv):
 
 #: as docker run: the job could not be started at all
 EXIT_RUN_FAILED = 125
+
+
+def cmd_attach(argv):
+    parser = _parser("attach", "Join a running job: its output here, our stdin to it (-i), "
+                     "Ctrl-C sent to it as SIGINT.", "  flynn-host attach web-1\n"
+                     "  flynn-host attach -i -t shell-1")
+    parser.add_argument("-i", "--interactive", action="store_true", help="send our stdin")
+    parser.add_argument("-t", "--tty", action="store_true", help="our terminal goes raw")
+    parser.add_argument("job_id")
+    args = parser.parse_args(argv)
+    host = HostClient(args.addr)
+    host.job(args.job_id)  # a clear 404 before any upgrade
+    return _interactive(host.attach(args.job_id), tty=args.tty, stdin=args.interactive)
+
+
+def _interactive(attachment, tty: bool, stdin: bool) -> int:
+    """Relay an attach until the job ends; returns its exit status."""
+    import signal
+    restore = None
+    if tty and sys.stdin.isatty():
+        import termios
+        import tty as terminal
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        terminal.setraw(fd)
+        restore = lambda: termios.tcsetattr(fd, termios.TCSADRAIN, saved)  # noqa: E731
+
+        def resize():
+            size = os.get_terminal_size(fd)
+            attachment.resize(size.lines, size.columns)
+        resize()
+        gevent.signal_handler(signal.SIGWINCH, resize)
+    # without a TTY, Ctrl-C and termination go to the job as signals; it decides to end
+    gevent.signal_handler(signal.SIGINT, lambda: attachment.signal("INT"))
+    gevent.signal_handler(signal.SIGTERM, lambda: attachment.signal("TERM"))
+    pump = gevent.spawn(_pump_stdin, attachment) if stdin else None
+    try:
+        while True:
+            kind, payload = attachment.receive()
+            if kind == "stdout":
+                sys.stdout.buffer.write(payload)
+                sys.stdout.buffer.flush()
+            elif kind == "stderr":
+                sys.stderr.buffer.write(payload)
+                sys.stderr.buffer.flush()
+            elif kind == "exit":
+                if payload["job"]["status"] == "failed":
+                    print(f"flynn-host: job failed: {payload['error']}", file=sys.stderr)
+                    return EXIT_RUN_FAILED
+                return payload["status"] if payload["status"] is not None else EXIT_API_ERROR
+            elif kind == "error":
+                raise errors.FlynnError(payload["message"])
+    finally:
+        if pump is not None:
+            pump.kill(block=False)
+        if restore is not None:
+            restore()
+        attachment.close()
+
+
+def _pump_stdin(attachment):
+    """Our stdin to the job. Reads happen in a thread: a terminal or pipe read would block
+    every greenlet."""
+    pool = gevent.get_hub().threadpool
+    while True:
+        data = pool.apply(os.read, (0, 65536))
+        if not data:
+            attachment.close_stdin()
+            return
+        attachment.send(data)
 
 
 def _copy(chunks, target):
@@ -306,7 +384,7 @@ def _wait_for_job(host: HostClient, job_id: str, final: bool = False, timeout_s:
         cursor = host.events(since=cursor, wait=2, job_id=job_id)["cursor"]
 
 
-COMMANDS = {"run": cmd_run, "ps": cmd_ps, "inspect": cmd_inspect, "log": cmd_log, "stop": cmd_stop,
+COMMANDS = {"run": cmd_run, "attach": cmd_attach, "ps": cmd_ps, "inspect": cmd_inspect, "log": cmd_log, "stop": cmd_stop,
             "signal": cmd_signal, "status": cmd_status, "leader": cmd_leader,
             "hosts": cmd_hosts, "events": cmd_events}
 
