@@ -35,6 +35,7 @@ class AttachSlot:
     def __init__(self):
         self.created = gevent.event.Event()
         self.attached = gevent.event.Event()
+        self.size = None              # (height, width) of the client's terminal, if told
 
 
 class JobSupervisor:
@@ -196,6 +197,12 @@ class JobSupervisor:
             return  # the created container goes with the job's retention
         self.runtime.start(active.container_id)
         log.debug("job %s: started container %s", job_id, active.container_id[:12])
+        slot = self._attach_slots.get(job_id)
+        if slot is not None and slot.size and active.job.config.tty:
+            try:  # at once: the job may ask its terminal's size first thing
+                self.runtime.resize(active.container_id, *slot.size)
+            except errors.FlynnError as e:
+                log.debug("job %s: first resize failed: %s", job_id, e)
 
     def reserve_attach(self, job_id: str) -> AttachSlot:
         """An attach is coming (it may come before the job exists): start the job only once it

@@ -7,7 +7,7 @@ import unittest
 import gevent
 import simplejson
 
-from tests.support import (FLYNN_HOST, AgentProcess, DockerAgentTestCase, free_port, job_body,
+from tests.support import (FLYNN_HOST, REPO, AgentProcess, DockerAgentTestCase, free_port, job_body,
                            remove_host_containers, require_docker, wait_until)
 
 
@@ -167,5 +167,29 @@ class EventsFollowAcrossRestartTest(unittest.TestCase):
         finally:
             follower.kill()
             follower.wait()
+            agent.cleanup()
+            remove_host_containers(runtime, agent.host_id)
+
+
+class PtyRunTest(unittest.TestCase):
+    """`run -i -t` under a pseudo-terminal: raw mode, the terminal's size and its changes,
+    Ctrl-C reaching the job, and the terminal restored at the end."""
+
+    def test_run_with_a_terminal(self):
+        runtime = require_docker()
+        agent = AgentProcess(f"tclipty{os.getpid()}").start()
+        try:
+            driver = subprocess.run(
+                [sys.executable, os.path.join(REPO, "tests", "pty_driver.py"), FLYNN_HOST,
+                 f"127.0.0.1:{agent.port}",
+                 os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")],
+                capture_output=True, text=True, timeout=120)
+            self.assertEqual(driver.returncode, 0, driver.stderr)
+            result = simplejson.loads(driver.stdout)
+            self.assertEqual(result["steps"], {"first size": True, "resized": True,
+                                               "ctrl-c": True}, result["output"])
+            self.assertEqual(result["exit"], 3, result["output"])
+            self.assertTrue(result["restored"])
+        finally:
             agent.cleanup()
             remove_host_containers(runtime, agent.host_id)

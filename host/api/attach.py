@@ -113,7 +113,10 @@ def _control(agent, job_id: str, attachment, text: str):
         height, width = message.get("height"), message.get("width")
         if not all(isinstance(v, int) and 0 < v < 10000 for v in (height, width)):
             raise errors.ValidationError("attach: resize needs integer height and width")
-        agent.runtime.resize(job.container_id, height, width)
+        slot = agent.supervisor.reserve_attach(job_id)
+        slot.size = (height, width)  # applied right after the start if it has not happened
+        if job.status == "running":
+            agent.runtime.resize(job.container_id, height, width)
     else:
         raise errors.ValidationError(f"attach: unknown message type {kind!r}")
 

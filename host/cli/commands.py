@@ -318,7 +318,8 @@ def _interactive(attachment, tty: bool, stdin: bool) -> int:
 
         def resize():
             size = os.get_terminal_size(fd)
-            attachment.resize(size.lines, size.columns)
+            if size.lines and size.columns:  # 0x0: a terminal that does not know its size
+                attachment.resize(size.lines, size.columns)
         resize()
         gevent.signal_handler(signal.SIGWINCH, resize)
     # without a TTY, Ctrl-C and termination go to the job as signals; it decides to end
