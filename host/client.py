@@ -158,10 +158,13 @@ class Attachment:
 class HostClient(_Client):
     """One agent's own jobs (the host API)."""
 
-    def attach(self, job_id: str) -> Attachment:
+    def attach(self, job_id: str, size: Optional[tuple] = None) -> Attachment:
         """Attach to a job's stdin/stdout/stderr; the job may not exist yet (the agent waits,
-        bounded, and starts it only once attached)."""
+        bounded, and starts it only once attached). `size` (height, width) sizes its terminal
+        as it starts."""
         url = self.addr.replace("http://", "ws://", 1) + f"/host/jobs/{job_id}/attach"
+        if size:
+            url += f"?height={size[0]}&width={size[1]}"
         try:
             return Attachment(simple_websocket.Client.connect(url))
         except (simple_websocket.ConnectionError, OSError) as e:

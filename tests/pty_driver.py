@@ -23,7 +23,7 @@ def set_size(rows, cols):
 
 set_size(30, 100)
 before = termios.tcgetattr(slave)
-script = ("trap 'echo got-int; exit 3' INT; read x; stty size; read y; stty size; "
+script = ("trap 'echo got-int; exit 3' INT; echo ready; read x; stty size; "
           "while :; do sleep 0.1; done")
 proc = subprocess.Popen([sys.executable, flynn_host, "run", "-i", "-t", "-H", addr, image,
                          "sh", "-c", script], stdin=slave, stdout=slave, stderr=slave,
@@ -41,12 +41,11 @@ def read_until(text: bytes, timeout=30):
 
 
 steps = {}
-time.sleep(1)
-os.write(master, b"one\r")
-steps["first size"] = read_until(b"30 100")
+# type only once the job runs: the CLI is attached and our terminal raw by then
+steps["ready"] = read_until(b"ready")
 set_size(40, 120)
 proc.send_signal(signal.SIGWINCH)
-time.sleep(0.5)
+time.sleep(1)
 os.write(master, b"two\r")
 steps["resized"] = read_until(b"40 120")
 os.write(master, b"\x03")  # Ctrl-C, as a terminal in raw mode sends it

@@ -17,6 +17,7 @@ import simplejson
 
 from host import errors
 from host.api.events import MAX_WAIT_S
+from host.api.http import int_param
 from host.api.host import parse_signal
 from host.runtime import STDERR, STDOUT
 from host.types import FINAL_STATES, id_problem
@@ -36,7 +37,11 @@ def install(app: bottle.Bottle, agent):
         problem = id_problem(job_id)
         if problem:
             raise errors.ValidationError(f"job id: {problem}")
+        query = bottle.request.query
+        size = (int_param(query, "height", None, 1, 9999), int_param(query, "width", None, 1, 9999))
         slot = agent.supervisor.reserve_attach(job_id)
+        if all(size):
+            slot.size = size  # the terminal is sized right as the job starts
         try:
             ws = simple_websocket.Server(environ)
             try:
@@ -113,12 +118,28 @@ def _control(agent, job_id: str, attachment, text: str):
         height, width = message.get("height"), message.get("width")
         if not all(isinstance(v, int) and 0 < v < 10000 for v in (height, width)):
             raise errors.ValidationError("attach: resize needs integer height and width")
-        slot = agent.supervisor.reserve_attach(job_id)
-        slot.size = (height, width)  # applied right after the start if it has not happened
-        if job.status == "running":
-            agent.runtime.resize(job.container_id, height, width)
+        # the first size usually comes before the container has started: the supervisor applies
+        # it right after the start, and this applies it once the job shows as running
+        agent.supervisor.reserve_attach(job_id).size = (height, width)
+        gevent.spawn(_resize_once_started, agent, job_id, height, width)
     else:
         raise errors.ValidationError(f"attach: unknown message type {kind!r}")
+
+
+def _resize_once_started(agent, job_id: str, height: int, width: int):
+    """Size the job's terminal once it runs. Done twice: right after a start, the engine (Docker
+    20.10, no create-time console size before API 1.42) may still set its own initial size over
+    ours, as seen with `stty size` printing nothing."""
+    job = agent.wait_until_started(job_id, ATTACH_WAIT_S)
+    for delay_s in (0, 0.5):
+        gevent.sleep(delay_s)
+        job = agent.table.get(job_id)
+        if job.status != "running":
+            return
+        try:
+            agent.runtime.resize(job.container_id, height, width)
+        except errors.FlynnError as e:
+            log.debug("job %s: resize failed: %s", job_id, e)
 
 
 def _pump_output(agent, job_id: str, attachment, ws):

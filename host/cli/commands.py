@@ -39,6 +39,36 @@ def _parser(name: str, description: str, examples: str) -> _Parser:
     return parser
 
 
+class Progress:
+    """A one-line status on stderr for a wait that lasts more than a moment, and only on a
+    terminal: nothing decorative when the output is piped."""
+    #: seconds before a wait is worth a word
+    delay_s = 0.5
+
+    def __init__(self, text: str):
+        self.text = text
+        self._timer = None
+        self._shown = False
+
+    def __enter__(self):
+        if sys.stderr.isatty():
+            self._timer = gevent.spawn_later(self.delay_s, self._show)
+        return self
+
+    def _show(self):
+        sys.stderr.write(f"{self.text}...")
+        sys.stderr.flush()
+        self._shown = True
+
+    def __exit__(self, *exc):
+        if self._timer is not None:
+            self._timer.kill()
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")  # erase the line again
+            sys.stderr.flush()
+        return False
+
+
 def _print_json(value):
     print(simplejson.dumps(value, indent=2, sort_keys=True))
 
@@ -122,7 +152,13 @@ def cmd_stop(argv):
                         help="seconds before SIGKILL (default 10)")
     args = parser.parse_args(argv)
     client = HostClient(args.addr)
-    stopped = [client.stop_job(job_id, args.timeout) for job_id in args.job_ids]
+    with Progress(f"stopping {len(args.job_ids)} job(s)"):
+        for job_id in args.job_ids:
+            client.stop_job(job_id, args.timeout)
+        # like docker stop: return once they have stopped
+        stopped = [_wait_for_job(client, job_id, final=True,
+                                 timeout_s=(10 if args.timeout is None else args.timeout) + 30)
+                   for job_id in args.job_ids]
     if args.json:
         _print_json(stopped)
     else:
@@ -161,7 +197,8 @@ def cmd_status(argv):
 def cmd_leader(argv):
     parser = _parser("leader", "The cluster leader.", "  flynn-host leader")
     args = parser.parse_args(argv)
-    leader = ClusterClient(args.addr).leader()
+    with Progress("waiting for a leader"):
+        leader = ClusterClient(args.addr).leader()
     _print_json(leader) if args.json else print(f"{leader['id']} {leader['addr']}")
 
 
@@ -169,7 +206,8 @@ def cmd_hosts(argv):
     parser = _parser("hosts", "The cluster's hosts, from the leader's mirror.",
                      "  flynn-host hosts\n  flynn-host hosts --json")
     args = parser.parse_args(argv)
-    hosts = ClusterClient(args.addr).hosts()
+    with Progress("waiting for the cluster leader"):
+        hosts = ClusterClient(args.addr).hosts()
     if args.json:
         _print_json(hosts)
         return
@@ -268,15 +306,18 @@ def cmd_run(argv):
     if args.id:
         job["id"] = args.id
     cluster = ClusterClient(args.addr)
-    placed = cluster.add_jobs([job], host_id=args.on)[0]
+    with Progress("placing the job (waiting for the cluster leader)"):
+        placed = cluster.add_jobs([job], host_id=args.on)[0]
     if args.detach:
         _print_json(placed) if args.json else print(placed["job_id"])
         return EXIT_OK
     host = HostClient(cluster.host(placed["host_id"])["addr"])
     job_id = placed["job_id"]
     if args.interactive or args.tty:
-        return _interactive(host.attach(job_id), tty=args.tty, stdin=args.interactive)
-    _wait_for_job(host, job_id)
+        return _interactive(host.attach(job_id, size=_terminal_size() if args.tty else None),
+                            tty=args.tty, stdin=args.interactive)
+    with Progress(f"starting job {job_id} on {placed['host_id']}"):
+        _wait_for_job(host, job_id)
     outputs = [gevent.spawn(_copy, host.log(job_id, follow=True, stream=name), target)
                for name, target in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer))]
     gevent.joinall(outputs, raise_error=True)
@@ -301,7 +342,20 @@ def cmd_attach(argv):
     args = parser.parse_args(argv)
     host = HostClient(args.addr)
     host.job(args.job_id)  # a clear 404 before any upgrade
-    return _interactive(host.attach(args.job_id), tty=args.tty, stdin=args.interactive)
+    attachment = host.attach(args.job_id)
+    size = _terminal_size() if args.tty else None
+    if size:
+        attachment.resize(*size)
+    return _interactive(attachment, tty=args.tty, stdin=args.interactive)
+
+
+def _terminal_size():
+    """(rows, columns) of our terminal, or None when stdin is not one or does not know."""
+    try:
+        size = os.get_terminal_size(sys.stdin.fileno())
+    except OSError:
+        return None
+    return (size.lines, size.columns) if size.lines and size.columns else None
 
 
 def _interactive(attachment, tty: bool, stdin: bool) -> int:
@@ -317,10 +371,9 @@ def _interactive(attachment, tty: bool, stdin: bool) -> int:
         restore = lambda: termios.tcsetattr(fd, termios.TCSADRAIN, saved)  # noqa: E731
 
         def resize():
-            size = os.get_terminal_size(fd)
-            if size.lines and size.columns:  # 0x0: a terminal that does not know its size
-                attachment.resize(size.lines, size.columns)
-        resize()
+            size = _terminal_size()
+            if size:
+                attachment.resize(*size)
         gevent.signal_handler(signal.SIGWINCH, resize)
     # without a TTY, Ctrl-C and termination go to the job as signals; it decides to end
     gevent.signal_handler(signal.SIGINT, lambda: attachment.signal("INT"))
