@@ -224,32 +224,29 @@ class Agent:
             "registered_at": self.started_at,
         }
 
-    def wait_until_final(self, job_id: str, timeout_s: float):
-        """The job once it has ended (or as it is after `timeout_s`)."""
+    def wait_for_job(self, job_id: str, done, timeout_s: float):
+        """The job (None while it does not exist) once `done(job)` holds, or as it is after
+        `timeout_s`. Woken by the job's own events, never by polling."""
         deadline = self.clock.monotonic() + timeout_s
         cursor = self.table.events.last_cursor
-        job = self.table.get(job_id)
-        while not job.is_final and self.clock.monotonic() < deadline:
-            _, cursor = self.table.events.wait(
-                cursor, min(deadline - self.clock.monotonic(), 15.0), lambda e: e.job_id == job_id)
-            job = self.table.get(job_id)
-        return job
-
-    def wait_until_started(self, job_id: str, timeout_s: float = 3600.0):
-        """The job once its container has started or the job has ended, for a followed log of
-        a job still being created: Docker ends a follow on a container not yet started at once,
-        with nothing in it."""
-        deadline = self.clock.monotonic() + timeout_s
-        cursor = self.table.events.last_cursor
-        job = self.table.get(job_id)
-        while job.status == STARTING:
+        job = self.table.find(job_id)
+        while not done(job):
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 break
             _, cursor = self.table.events.wait(cursor, min(remaining, 15.0),
                                                lambda e: e.job_id == job_id)
-            job = self.table.get(job_id)
+            job = self.table.find(job_id)
         return job
+
+    def wait_until_final(self, job_id: str, timeout_s: float):
+        return self.wait_for_job(job_id, lambda job: job.is_final, timeout_s)
+
+    def wait_until_started(self, job_id: str, timeout_s: float = 3600.0):
+        """The job once its container has started or the job has ended, for a followed log of
+        a job still being created: Docker ends a follow on a container not yet started at once,
+        with nothing in it."""
+        return self.wait_for_job(job_id, lambda job: job.status != STARTING, timeout_s)
 
 def build_agent(config: Config) -> Agent:
     """The daemon's agent: Docker from the environment, etcd from the configuration."""

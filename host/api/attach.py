@@ -8,7 +8,6 @@ exits at once. Works under bin/flynn-host (gevent's pywsgi) and gunicorn's geven
 from __future__ import annotations
 
 import logging
-import time
 
 import bottle
 import gevent
@@ -16,7 +15,6 @@ import simple_websocket
 import simplejson
 
 from host import errors
-from host.api.events import MAX_WAIT_S
 from host.api.http import int_param
 from host.api.host import parse_signal
 from host.runtime import STDERR, STDOUT
@@ -64,15 +62,10 @@ def _send_json(ws, message: dict):
 
 
 def _wait_for_job(agent, job_id: str):
-    deadline = time.monotonic() + ATTACH_WAIT_S
-    cursor = agent.table.events.last_cursor
-    while agent.table.find(job_id) is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise errors.NotFound(f"no job {job_id!r} appeared within {ATTACH_WAIT_S:g}s")
-        _, cursor = agent.table.events.wait(cursor, min(remaining, MAX_WAIT_S),
-                                            lambda e: e.job_id == job_id)
-    return agent.table.get(job_id)
+    job = agent.wait_for_job(job_id, lambda found: found is not None, ATTACH_WAIT_S)
+    if job is None:
+        raise errors.NotFound(f"no job {job_id!r} appeared within {ATTACH_WAIT_S:g}s")
+    return job
 
 
 def _session(agent, job_id: str, slot, ws):
