@@ -15,6 +15,7 @@ setup(
         "simplejson>=3.19",
         "requests>=2.31",
         "simple-websocket>=1.0",
+        "wsproto>=1.2",  # the attach client speaks it directly (host/client.py)
     ],
     extras_require={
         "test": ["nose2>=0.14", "gunicorn>=21.2", "packaging>=23"],

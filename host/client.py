@@ -8,12 +8,17 @@ raises AgentUnreachable. Every call has a timeout.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Iterator, Optional
+from urllib.parse import quote, urlsplit
 
 import requests
 import simple_websocket
 import simplejson
+from simple_websocket.ws import Base as WebSocketBase
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
 from host import errors
 
@@ -36,16 +41,20 @@ class AgentUnreachable(errors.FlynnError):
 
 def error_from_response(response: requests.Response) -> errors.FlynnError:
     """The typed error an agent's 4xx/5xx answer stands for."""
+    return error_from_body(response.status_code, response.content, response.url)
+
+
+def error_from_body(status: int, content: bytes, url: str) -> errors.FlynnError:
     try:
-        body = response.json()
+        body = simplejson.loads(content)
         code, message = body["code"], body["message"]
     except (ValueError, KeyError, TypeError):
-        return errors.FlynnError(f"HTTP {response.status_code} from {response.url}: "
-                                 f"{response.text[:200]}")
+        text = content[:200].decode("utf-8", "replace")
+        return errors.FlynnError(f"HTTP {status} from {url}: {text}")
     cls = ERROR_CLASSES.get(code, errors.FlynnError)
     extra = {k: v for k, v in body.items() if k not in ("code", "message", "retry")}
     error = cls(message, retry=bool(body.get("retry", cls.retry)), **extra)
-    error.http_status = response.status_code
+    error.http_status = status
     return error
 
 
@@ -113,6 +122,63 @@ class _Client:
             cursor = page["cursor"]
 
 
+class AttachSocket(WebSocketBase):
+    """The client end of an attach WebSocket: simple_websocket's connection (its reader, frames,
+    close) with our own connect and handshake, for three reasons:
+    - frames that arrive in the same read as the handshake answer are kept. simple_websocket's
+      Client takes only the first event and then waits for more bytes; an attach to a job that
+      has already ended gets its `exit` and close right behind the answer, and then waited
+      forever;
+    - the connect and the handshake have a timeout;
+    - a refused upgrade raises the agent's typed error from its JSON body (a 404, a 400), not a
+      bare status code."""
+
+    def __init__(self, url: str, timeout_s: float):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.url = url
+        self.timeout_s = timeout_s
+        sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
+        try:
+            super().__init__(sock, connection_type=ConnectionType.CLIENT)
+        except BaseException:
+            sock.close()
+            raise
+
+    def handshake(self):
+        self.sock.sendall(self.ws.send(Request(host=self.host, target=self.target)))
+        rejected, body = None, b""
+        while True:
+            data = self.sock.recv(self.receive_bytes)
+            if not data:
+                raise ConnectionError(f"{self.url}: the connection closed during the handshake")
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    self.sock.settimeout(None)  # from now on, receive() has its own timeout
+                    self.connected = True
+                    return
+                if isinstance(event, RejectConnection):
+                    rejected = event.status_code
+                    if not event.has_body:
+                        raise error_from_body(rejected, b"", self.url)
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if event.body_finished:
+                        raise error_from_body(rejected, body, self.url)
+
+    def _thread(self):
+        # first the frames that came in with the handshake answer, already in wsproto's buffer:
+        # the reader loop only looks at bytes it reads itself
+        self.connected = self._handle_events()
+        super()._thread()
+
+    def close(self, reason=None, message=None):
+        super().close(reason=reason, message=message)
+        self.sock.close()
+
+
 class Attachment:
     """A job's streams over the attach WebSocket (framing: docs/API.md, "Attach")."""
 
@@ -162,12 +228,12 @@ class HostClient(_Client):
         """Attach to a job's stdin/stdout/stderr; the job may not exist yet (the agent waits,
         bounded, and starts it only once attached). `size` (height, width) sizes its terminal
         as it starts."""
-        url = self.addr.replace("http://", "ws://", 1) + f"/host/jobs/{job_id}/attach"
+        url = self.addr.replace("http://", "ws://", 1) + f"/host/jobs/{quote(job_id, safe='')}/attach"
         if size:
             url += f"?height={size[0]}&width={size[1]}"
         try:
-            return Attachment(simple_websocket.Client.connect(url))
-        except (simple_websocket.ConnectionError, OSError) as e:
+            return Attachment(AttachSocket(url, self.timeout_s))
+        except OSError as e:
             raise AgentUnreachable(f"cannot attach through {self.addr}: {e}") from e
 
     def status(self) -> dict:

@@ -231,3 +231,47 @@ class InProcessAgent:
     def close(self):
         self.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def raw_attach(base_url: str, job_id: str, timeout_s: float = 10.0) -> tuple:
+    """An attach by hand over a bare socket, to see exactly what the agent writes: the frames it
+    sends, then, after our close answers its close, whatever else came before the connection
+    ended. Returns (status line, [(opcode, payload)], trailing bytes that are not a frame)."""
+    host, port = base_url.split("://", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(f"GET /host/jobs/{job_id}/attach HTTP/1.1\r\nHost: {host}\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        data, answered_close = b"", False
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            frames, trailing = _parse_frames(rest)
+            if not answered_close and any(opcode == 8 for opcode, _ in frames):
+                # a masked close frame (mask of zeros), as a client must send
+                sock.sendall(bytes([0x88, 0x80, 0, 0, 0, 0]))
+                answered_close = True
+    head, _, rest = data.partition(b"\r\n\r\n")
+    frames, trailing = _parse_frames(rest)
+    return head.split(b"\r\n", 1)[0].decode(), frames, trailing
+
+
+def _parse_frames(data: bytes) -> tuple:
+    """Unmasked server frames, and the bytes after the last whole frame (or after a close)."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, length, header = data[at] & 0x0F, data[at + 1] & 0x7F, 2
+        if length == 126:
+            length, header = int.from_bytes(data[at + 2:at + 4], "big"), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[at + 2:at + 10], "big"), 10
+        if at + header + length > len(data) or data[at + 1] & 0x80:
+            break  # incomplete, or not a server frame at all
+        frames.append((opcode, data[at + header:at + header + length]))
+        at += header + length
+        if opcode == 8:
+            break
+    return frames, data[at:]

@@ -1,9 +1,11 @@
 """Attach over WebSocket against the real engine: stdin in, stdout and stderr apart, signals, the
 exit status; attached before start so nothing is lost."""
 import gevent
+import simplejson
 
+from host import errors
 from host.client import HostClient
-from tests.support import DockerAgentTestCase, job_body
+from tests.support import DockerAgentTestCase, job_body, raw_attach
 
 
 class AttachTest(DockerAgentTestCase):
@@ -48,3 +50,20 @@ class AttachTest(DockerAgentTestCase):
         self.assertEqual((out["stdout"], kind, message["status"]), (b"got-int\n", "exit", 0))
         plain = self.client.get("/host/jobs/att-sig/attach")
         self.assertEqual((plain.status_code, plain.json()["code"]), (400, "validation_error"))
+        with self.assertRaises(errors.ValidationError):
+            HostClient(self.client.url).attach("bad id!")  # the upgrade refused with the reason
+
+    def test_attach_to_an_ended_job_gets_its_exit_at_once_and_nothing_after(self):
+        self.client.put_job("att-ended", job_body(["sh", "-c", "exit 3"]))
+        self.client.wait_status("att-ended", "crashed")
+        # The exit and the close come right behind the handshake answer, often in the same
+        # read: the client must still see them (it used to wait forever), every time.
+        for _ in range(5):
+            attachment = HostClient(self.client.url).attach("att-ended")
+            self.assertEqual(attachment.receive(timeout_s=10)[1]["status"], 3)
+            attachment.close()
+        status, frames, trailing = raw_attach(self.client.url, "att-ended")
+        self.assertEqual(status, "HTTP/1.1 101 Switching Protocols")
+        self.assertEqual([opcode for opcode, _ in frames], [1, 8])  # exit, close
+        self.assertEqual(simplejson.loads(frames[0][1])["type"], "exit")
+        self.assertEqual(trailing, b"")  # no HTTP response written after the WebSocket

@@ -1,12 +1,14 @@
 """The client library against canned answers: every error code becomes its typed exception,
 retries and resumption behave, and nothing waits without a timeout."""
+import socket
+import time
 import unittest
 
 import gevent
 import simplejson
 
 from host import errors
-from host.client import (AgentUnreachable, ClusterClient, HostClient, error_from_response)
+from host.client import (AgentUnreachable, ClusterClient, HostClient, error_from_body)
 from host.errors import STATUS_FOR_CODE
 from host.server import wsgi_server
 from tests.support import free_port
@@ -71,6 +73,14 @@ class ClientErrorTest(unittest.TestCase):
             HostClient(f"127.0.0.1:{free_port()}", timeout_s=2).status()
         self.assertTrue(caught.exception.retry)
 
+    def test_an_attach_that_gets_no_handshake_answer_times_out(self):
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            addr = "127.0.0.1:%d" % silent.getsockname()[1]
+            started = time.monotonic()
+            with self.assertRaises(AgentUnreachable):
+                HostClient(addr, timeout_s=0.5).attach("j")
+            self.assertLess(time.monotonic() - started, 5)
+
     def test_add_job_reports_whether_it_was_created(self):
         self.agent.answers += [(202, {"status": "starting"}), (200, {"status": "running"})]
         self.assertEqual(self.host.add_job("j", {"config": {"image": "x"}})[1], True)
@@ -130,13 +140,9 @@ class FollowEventsTest(unittest.TestCase):
                 agent.close()
 
 
-class ErrorFromResponseTest(unittest.TestCase):
+class ErrorFromBodyTest(unittest.TestCase):
     def test_unknown_code_is_still_a_flynn_error(self):
-        class Response:
-            status_code, url, text = 418, "u", ""
-
-            def json(self):
-                return {"code": "teapot", "message": "short and stout", "retry": False}
-        error = error_from_response(Response())
+        body = simplejson.dumps({"code": "teapot", "message": "short and stout", "retry": False})
+        error = error_from_body(418, body.encode(), "u")
         self.assertIsInstance(error, errors.FlynnError)
-        self.assertEqual(error.message, "short and stout")
+        self.assertEqual((error.message, error.http_status), ("short and stout", 418))

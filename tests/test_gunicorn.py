@@ -11,8 +11,8 @@ import gevent
 import requests
 
 from host.client import HostClient
-from tests.support import (REPO, AgentClient, free_port, job_body, remove_host_containers,
-                           require_docker)
+from tests.support import (REPO, AgentClient, free_port, job_body, raw_attach,
+                           remove_host_containers, require_docker)
 
 
 class GunicornTest(unittest.TestCase):
@@ -70,6 +70,9 @@ class GunicornTest(unittest.TestCase):
                 if kind in ("exit", "error"):
                     break
         self.assertEqual(received, [("stdout", b"via-gunicorn\n"), ("exit", 0)])
+        # gunicorn, too, writes no HTTP response behind the closed WebSocket
+        status, frames, trailing = raw_attach(self.client.url, "g-att")
+        self.assertEqual(([opcode for opcode, _ in frames], trailing), ([1, 8], b""))
 
 
 class UnpatchedWsgiTest(unittest.TestCase):

@@ -1,6 +1,7 @@
 """The agent's WSGI application: create_app(agent) -> Bottle. No module-level app."""
 from __future__ import annotations
 
+import errno
 from http import HTTPStatus
 import logging
 from urllib.parse import parse_qs
@@ -31,7 +32,14 @@ class AgentApp(bottle.Bottle):
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == "/host/events" and environ.get("REQUEST_METHOD") == "GET":
             return self._events_fast_lane(environ, start_response)
-        return super().__call__(environ, start_response)
+        result = super().__call__(environ, start_response)
+        if environ.get(attach_routes.UPGRADED):
+            # The connection carried a WebSocket, closed by now: an HTTP response written after
+            # it would reach the client as garbage behind the close frame. Both servers we run
+            # under (gevent's pywsgi, gunicorn's gevent worker) drop a connection quietly when
+            # the application reports it reset.
+            raise ConnectionResetError(errno.ECONNRESET, "the WebSocket on this connection ended")
+        return result
 
     def _events_fast_lane(self, environ, start_response):
         query = {name: values[-1] for name, values in

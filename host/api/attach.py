@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 #: seconds an attach waits for its job to appear, and for the container to be created
 ATTACH_WAIT_S = 30.0
 
+#: environ key set once a request's connection has become a WebSocket (see AgentApp.__call__)
+UPGRADED = "flynn.upgraded"
+
 
 def install(app: bottle.Bottle, agent):
     @app.get("/host/jobs/<job_id>/attach")
@@ -42,6 +45,7 @@ def install(app: bottle.Bottle, agent):
             slot.size = size  # the terminal is sized right as the job starts
         try:
             ws = simple_websocket.Server(environ)
+            environ[UPGRADED] = True
             try:
                 _session(agent, job_id, slot, ws)
             except simple_websocket.ConnectionClosed:
