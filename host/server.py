@@ -7,6 +7,9 @@ import socket
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+#: environ key an application sets once the request's connection has become a WebSocket
+UPGRADED = "flynn.upgraded"
+
 #: pending connections the kernel queues for us: long-poll clients reconnect in bursts
 LISTEN_BACKLOG = 1024
 
@@ -68,6 +71,17 @@ def read_headers(fp) -> pywsgi.OldMessage:
 class _Handler(WSGIHandler):
     def MessageClass(self, fp, *args):
         return read_headers(fp)
+
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if self.environ is not None and self.environ.get(UPGRADED):
+            # The connection is a WebSocket's now, read through a dup of the socket
+            # (simple_websocket). pywsgi's own close reads the socket once first, which can
+            # swallow the client's close frame and leave the WebSocket waiting for it forever:
+            # skip that, and let the server just close our descriptor.
+            self.socket = None
+            return None
+        return result
 
     def log_request(self):
         # pywsgi formats the access line even with no log to write it to: a measurable share

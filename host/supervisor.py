@@ -199,22 +199,18 @@ class JobSupervisor:
         log.debug("job %s: started container %s", job_id, active.container_id[:12])
         slot = self._attach_slots.get(job_id)
         if slot is not None and slot.size and active.job.config.tty:
-            self._spawn(self._size_terminal, job_id, slot.size)
+            self.size_terminal(active.container_id, slot.size)
 
-    def _size_terminal(self, job_id: str, size: tuple):
-        """Give a new job's terminal the attached client's size, at once (the job may ask for
-        it first thing) and twice more: Docker 20.10 has no create-time console size (API 1.42
-        adds one) and sets its own initial size shortly after the start, undoing an early
-        resize."""
-        for delay_s in (0, 0.1, 0.4):
-            gevent.sleep(delay_s)
-            job = self.table.find(job_id)
-            if job is None or job.is_final:
-                return
-            try:
-                self.runtime.resize(job.container_id, *size)
-            except errors.FlynnError as e:
-                log.debug("job %s: resize failed: %s", job_id, e)
+    def size_terminal(self, container_id: str, size: tuple):
+        """Give a TTY job's terminal the attached client's (height, width). Done right after
+        the start: Docker before API 1.42 (20.10 here) has no create-time console size, so a
+        program that asks for its size in its first few milliseconds sees none, as under
+        `docker run -t` on those engines; programs that follow SIGWINCH (shells, editors) get
+        it, and every later ask is right."""
+        try:
+            self.runtime.resize(container_id, *size)
+        except errors.FlynnError as e:
+            log.debug("container %s: resize failed: %s", container_id[:12], e)
 
     def reserve_attach(self, job_id: str) -> AttachSlot:
         """An attach is coming (it may come before the job exists): start the job only once it

@@ -23,8 +23,12 @@ def set_size(rows, cols):
 
 set_size(30, 100)
 before = termios.tcgetattr(slave)
-script = ("trap 'echo got-int; exit 3' INT; echo ready; read x; stty size; "
-          "while :; do sleep 0.1; done")
+# The job reports each size it waits for, polling its own terminal: an initial size that never
+# arrived, or a resize that did not, fails the step at its deadline.
+script = ("trap 'echo got-int; exit 3' INT; "
+          "until [ \"$(stty size 2>/dev/null)\" = '30 100' ]; do sleep 0.05; done; echo initial-size-ok; "
+          "until [ \"$(stty size)\" = '40 120' ]; do sleep 0.05; done; echo new-size-ok; "
+          "read x; echo got-$x; while :; do sleep 0.1; done")
 proc = subprocess.Popen([sys.executable, flynn_host, "run", "-i", "-t", "-H", addr, image,
                          "sh", "-c", script], stdin=slave, stdout=slave, stderr=slave,
                         start_new_session=True)
@@ -41,13 +45,13 @@ def read_until(text: bytes, timeout=30):
 
 
 steps = {}
-# type only once the job runs: the CLI is attached and our terminal raw by then
-steps["ready"] = read_until(b"ready")
+# the terminal size we had as the job started reaches it
+steps["sized"] = read_until(b"initial-size-ok")
 set_size(40, 120)
 proc.send_signal(signal.SIGWINCH)
-time.sleep(1)
-os.write(master, b"two\r")
-steps["resized"] = read_until(b"40 120")
+steps["resized"] = read_until(b"new-size-ok")
+os.write(master, b"two\r")  # our terminal is raw: the job's terminal echoes and ends the line
+steps["stdin"] = read_until(b"got-two")
 os.write(master, b"\x03")  # Ctrl-C, as a terminal in raw mode sends it
 steps["ctrl-c"] = read_until(b"got-int")
 try:

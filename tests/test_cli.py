@@ -184,9 +184,9 @@ class EventsFollowAcrossRestartTest(unittest.TestCase):
 
 
 class PtyRunTest(unittest.TestCase):
-    """`run -i -t` under a pseudo-terminal: raw mode, a change of the terminal's size reaching
-    the job, Ctrl-C reaching the job, and the terminal restored at the end. (The size sent as the
-    job starts can be lost on Docker 20.10: see the note on issue 5.)"""
+    """`run -i -t` under a pseudo-terminal: raw mode, our terminal's size given to the job as it
+    starts, a change of size reaching it, typed input and Ctrl-C reaching it, and the terminal
+    restored at the end."""
 
     def test_run_with_a_terminal(self):
         runtime = require_docker()
@@ -199,8 +199,8 @@ class PtyRunTest(unittest.TestCase):
                 capture_output=True, text=True, timeout=120)
             self.assertEqual(driver.returncode, 0, driver.stderr)
             result = simplejson.loads(driver.stdout)
-            self.assertEqual(result["steps"], {"ready": True, "resized": True, "ctrl-c": True},
-                             result["output"])
+            self.assertEqual(result["steps"], {"sized": True, "resized": True, "stdin": True,
+                                               "ctrl-c": True}, result["output"])
             self.assertEqual(result["exit"], 3, result["output"])
             self.assertTrue(result["restored"])
         finally:

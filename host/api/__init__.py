@@ -15,6 +15,7 @@ from host.api import host as host_routes
 from host.api.events import events_response
 from host.api.http import JSON_TYPE, json_errors, router_error
 from host.errors import FlynnError, InternalError
+from host.server import UPGRADED
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class AgentApp(bottle.Bottle):
         if environ.get("PATH_INFO") == "/host/events" and environ.get("REQUEST_METHOD") == "GET":
             return self._events_fast_lane(environ, start_response)
         result = super().__call__(environ, start_response)
-        if environ.get(attach_routes.UPGRADED):
+        if environ.get(UPGRADED):
             # The connection carried a WebSocket, closed by now: an HTTP response written after
             # it would reach the client as garbage behind the close frame. Both servers we run
             # under (gevent's pywsgi, gunicorn's gevent worker) drop a connection quietly when

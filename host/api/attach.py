@@ -18,15 +18,16 @@ from host import errors
 from host.api.http import int_param
 from host.api.host import parse_signal
 from host.runtime import STDERR, STDOUT
-from host.types import FINAL_STATES, id_problem
+from host.server import UPGRADED
+from host.types import FINAL_STATES, RUNNING, id_problem
 
 log = logging.getLogger(__name__)
 
 #: seconds an attach waits for its job to appear, and for the container to be created
 ATTACH_WAIT_S = 30.0
 
-#: environ key set once a request's connection has become a WebSocket (see AgentApp.__call__)
-UPGRADED = "flynn.upgraded"
+#: seconds the agent waits for a client to answer its WebSocket close
+CLOSE_WAIT_S = 2.0
 
 
 def install(app: bottle.Bottle, agent):
@@ -49,10 +50,20 @@ def install(app: bottle.Bottle, agent):
             try:
                 _session(agent, job_id, slot, ws)
             except simple_websocket.ConnectionClosed:
-                pass
+                pass  # the client went away
             except errors.FlynnError as e:
                 _send_json(ws, dict(e.to_dict(), type="error"))
+            except Exception:
+                log.exception("job %s: attach failed", job_id)
+                error = errors.InternalError("internal error (logged by the agent)")
+                _send_json(ws, dict(error.to_dict(), type="error"))
+            try:
                 ws.close()
+            except simple_websocket.ConnectionClosed:
+                pass
+            # the closing handshake: the client answers our close, then the connection ends;
+            # returning at once would let the server close the socket under that answer
+            ws.thread.join(CLOSE_WAIT_S)
         finally:
             agent.supervisor.release_attach(job_id)
         return bottle.HTTPResponse(status=200)
@@ -75,8 +86,7 @@ def _wait_for_job(agent, job_id: str):
 def _session(agent, job_id: str, slot, ws):
     job = _wait_for_job(agent, job_id)
     if job.status in FINAL_STATES:
-        _send_json(ws, {"type": "exit", "status": job.exit_status, "job": job.to_dict()})
-        ws.close()
+        _send_json(ws, _exit_message(job))
         return
     if not slot.created.wait(ATTACH_WAIT_S) and not agent.table.get(job_id).container_id:
         raise errors.Conflict(f"job {job_id!r} has no container yet; try again")
@@ -93,20 +103,19 @@ def _session(agent, job_id: str, slot, ws):
             if isinstance(message, bytes):
                 attachment.write(message)
             else:
-                _control(agent, job_id, attachment, message)
+                _control(agent, job_id, slot, attachment, message)
         output.get()
     finally:
         output.kill()
         attachment.close()
 
 
-def _control(agent, job_id: str, attachment, text: str):
+def _control(agent, job_id: str, slot, attachment, text: str):
     try:
         message = simplejson.loads(text)
         kind = message["type"]
     except (ValueError, KeyError, TypeError):
         raise errors.ValidationError(f"attach: not a control message: {text[:100]!r}")
-    job = agent.table.get(job_id)
     if kind == "eof":
         attachment.close_stdin()
     elif kind == "signal":
@@ -115,28 +124,25 @@ def _control(agent, job_id: str, attachment, text: str):
         height, width = message.get("height"), message.get("width")
         if not all(isinstance(v, int) and 0 < v < 10000 for v in (height, width)):
             raise errors.ValidationError("attach: resize needs integer height and width")
-        # the first size usually comes before the container has started: the supervisor applies
-        # it right after the start, and this applies it once the job shows as running
-        agent.supervisor.reserve_attach(job_id).size = (height, width)
-        gevent.spawn(_resize_once_started, agent, job_id, height, width)
+        job = agent.table.get(job_id)
+        if not job.job.config.tty:
+            return  # no terminal to size
+        slot.size = (height, width)  # what the supervisor applies as the job starts
+        if job.status == RUNNING:
+            # at once, before the next message: stdin sent after a resize meets the new size
+            agent.supervisor.size_terminal(job.container_id, slot.size)
+        else:
+            gevent.spawn(_size_once_started, agent, job_id, slot)
     else:
         raise errors.ValidationError(f"attach: unknown message type {kind!r}")
 
 
-def _resize_once_started(agent, job_id: str, height: int, width: int):
-    """Size the job's terminal once it runs. Done twice: right after a start, the engine (Docker
-    20.10, no create-time console size before API 1.42) may still set its own initial size over
-    ours, as seen with `stty size` printing nothing."""
+def _size_once_started(agent, job_id: str, slot):
+    """A size that came while the job was starting: the supervisor may have looked for one
+    just before it came, so apply it once the job runs."""
     job = agent.wait_until_started(job_id, ATTACH_WAIT_S)
-    for delay_s in (0, 0.5):
-        gevent.sleep(delay_s)
-        job = agent.table.get(job_id)
-        if job.status != "running":
-            return
-        try:
-            agent.runtime.resize(job.container_id, height, width)
-        except errors.FlynnError as e:
-            log.debug("job %s: resize failed: %s", job_id, e)
+    if job is not None and job.status == RUNNING:
+        agent.supervisor.size_terminal(job.container_id, slot.size)
 
 
 def _pump_output(agent, job_id: str, attachment, ws):
@@ -148,6 +154,8 @@ def _pump_output(agent, job_id: str, attachment, ws):
         if stream in (STDOUT, STDERR):
             ws.send(bytes([stream]) + data)
     job = agent.wait_until_final(job_id, ATTACH_WAIT_S)
-    _send_json(ws, {"type": "exit", "status": job.exit_status, "error": job.error,
-                    "job": job.to_dict()})
-    ws.close()
+    _send_json(ws, _exit_message(job))
+
+
+def _exit_message(job) -> dict:
+    return {"type": "exit", "status": job.exit_status, "error": job.error, "job": job.to_dict()}
