@@ -136,6 +136,14 @@ class CliTest(DockerAgentTestCase):
         self.assertEqual((ran.returncode, ran.stdout, ran.stderr), (7, "", "to-stderr\n"))
         self.assertEqual(cli("run", "-d", "-i", image, addr=self.addr).returncode, 2)
 
+    def test_run_with_a_terminal_but_no_stdin_loses_none_of_a_fast_job(self):
+        image = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
+        ran = cli("run", "-t", "--id", "cli-tty", image, "sh", "-c", "echo fast; exit 4",
+                  addr=self.addr)
+        self.assertEqual((ran.returncode, ran.stdout), (4, "fast\n"), ran.stderr)  # CR LF read as text
+        # what makes it lossless: the job waited for the CLI's attach before it started
+        self.assertTrue(self.client.job("cli-tty")["job"]["config"]["stdin"])
+
     def test_run_detached_on_a_named_host_with_limits(self):
         image = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
         ran = cli("run", "-d", "--on", self.host_id, "--id", "cli-d1", "-m", "32m", "-e",

@@ -93,6 +93,8 @@ def _session(agent, job_id: str, slot, ws):
     job = agent.table.get(job_id)
     attachment = agent.runtime.attach(job.container_id, job.job.config.tty)
     slot.attached.set()
+    if slot.size and job.job.config.tty and job.status == RUNNING:
+        agent.supervisor.size_terminal(job.container_id, slot.size)  # joined a running job
     log.info("job %s: attached", job_id)
     output = gevent.spawn(_pump_output, agent, job_id, attachment, ws)
     try:

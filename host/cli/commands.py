@@ -300,8 +300,11 @@ def cmd_run(argv):
     args = parser.parse_args(argv)
     if args.detach and (args.interactive or args.tty):
         raise UsageError("flynn-host run: -d cannot go with -i or -t")
+    # stdin: the job waits for our attach before it starts, so none of its output is lost (a
+    # TTY job's input is its terminal either way)
     job = {"config": {"image": args.image, "cmd": args.cmd or None, "env": dict(args.env),
-                      "ports": args.port, "stdin": args.interactive, "tty": args.tty},
+                      "ports": args.port, "stdin": args.interactive or args.tty,
+                      "tty": args.tty},
            "resources": {"memory_mb": args.memory, "cpu_shares": args.cpu}}
     if args.id:
         job["id"] = args.id
