@@ -89,7 +89,8 @@ class EventLog:
         if since < self._floor:
             raise CursorExpired(f"since: cursor {since} is older than the retained events "
                                 f"(oldest {self.oldest_cursor}); list the current state, then "
-                                f"follow from cursor {self._last}")
+                                f"follow from cursor {self._last}",
+                                earliest=self._floor, cursor=self._last)
 
     def since(self, since: int) -> list:
         """[(Event, json text)] for every event with a cursor above `since`."""

@@ -18,11 +18,11 @@ class ApiErrorTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.host.close()
 
-    def assertError(self, resp, status, code, fragment=""):
+    def assertError(self, resp, status, code, fragment="", extra=()):
         self.assertEqual(resp.status_code, status, resp.text)
         self.assertTrue(resp.headers["Content-Type"].startswith("application/json"))
         body = resp.json()
-        self.assertEqual(set(body), {"code", "message", "retry"}, body)
+        self.assertEqual(set(body), {"code", "message", "retry", *extra}, body)
         self.assertEqual(body["code"], code)
         self.assertIn(fragment, body["message"])
         self.assertNotIn("Traceback", resp.text)
@@ -126,8 +126,12 @@ class ApiErrorTest(unittest.TestCase):
             self.client.put_job(f"exp{n}", dict(GOOD, attributes={"n": str(n)}))
         cursor = self.client.get("/host/events").json()["cursor"]
         body = self.assertError(self.client.get("/host/events", params={"since": cursor - 6}),
-                                410, "cursor_expired", "list the current state")
+                                410, "cursor_expired", "list the current state",
+                                extra=("earliest", "cursor"))
         self.assertFalse(body["retry"])
+        self.assertEqual(body["cursor"], cursor)
+        self.assertEqual(len(self.client.get("/host/events", params={"since": body["earliest"]})
+                             .json()["events"]), 5)
 
     def test_internal_error_hides_the_traceback(self):
         original = self.runtime.ping

@@ -7,6 +7,7 @@ import unittest
 import gevent
 import simplejson
 
+from tests.test_cluster import ClusterTestCase
 from tests.support import (FLYNN_HOST, REPO, AgentProcess, DockerAgentTestCase, free_port, job_body,
                            remove_host_containers, require_docker, wait_until)
 
@@ -108,7 +109,7 @@ class CliTest(DockerAgentTestCase):
     def test_exit_codes(self):
         missing = cli("inspect", "nope", "-H", self.addr)
         self.assertEqual(missing.returncode, 1)
-        self.assertEqual(missing.stderr.strip(), "flynn-host inspect: no job 'nope' on this host")
+        self.assertEqual(missing.stderr.strip(), "flynn-host inspect: no job 'nope' on this host or elsewhere in the cluster")
         usage = cli("log", "--tail", "-5", "cli-run", "-H", self.addr)
         self.assertEqual(usage.returncode, 2)
         self.assertEqual(cli("ps", "--bogus", "-H", self.addr).returncode, 2)
@@ -214,3 +215,61 @@ class PtyRunTest(unittest.TestCase):
         finally:
             agent.cleanup()
             remove_host_containers(runtime, agent.host_id)
+
+
+class CliClusterTest(ClusterTestCase):
+    """The CLI against three real agents sharing one etcd, always through a host that is not
+    the leader: placement, named hosts, attach, and job commands that find a job on any host."""
+
+    def test_cluster_commands_through_a_non_leader(self):
+        first, second, third = self.start_three()
+        via = f"127.0.0.3:{second.port}"  # the second host: every cluster call is forwarded
+        wait_until(lambda: len(self.hosts_seen_by(first)) == 3, 10, "three hosts")
+        image = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
+
+        leader = cli("leader", addr=via)
+        self.assertEqual(leader.stdout.split(), [first.host_id, f"127.0.0.2:{first.port}"])
+        self.assertEqual(simplejson.loads(cli("leader", "--json", addr=via).stdout)["id"],
+                         first.host_id)
+        table = cli("hosts", addr=via).stdout.splitlines()
+        self.assertEqual(table[0].split()[:4], ["HOST", "ID", "ADDR", "LEADER"])
+        self.assertEqual([row.split()[0] for row in table[1:]],
+                         [first.host_id, second.host_id, third.host_id])
+        self.assertEqual(table[1].split()[2], "*")  # the leader's row
+        hosts = simplejson.loads(cli("hosts", "--json", addr=via).stdout)
+        self.assertEqual([h["leader"] for h in hosts], [True, False, False])
+
+        ran = cli("run", "--on", third.host_id, "--id", "cl-on", image, "sh", "-c",
+                  "echo on-third; exit 6", addr=via)
+        self.assertEqual((ran.returncode, ran.stdout), (6, "on-third\n"), ran.stderr)
+        self.assertEqual(third.client.job("cl-on")["exit_status"], 6)
+        piped = cli("run", "-i", "--on", first.host_id, image, "cat", addr=via, input="piped\n")
+        self.assertEqual((piped.returncode, piped.stdout), (0, "piped\n"), piped.stderr)
+
+        placed = cli("run", "-d", "--id", "cl-bg", image, "sleep", "300", addr=via)
+        self.assertEqual((placed.returncode, placed.stdout), (0, "cl-bg\n"), placed.stderr)
+        wait_until(lambda: "cl-bg" in cli("ps", "--cluster", "-q", addr=via).stdout.split(), 15,
+                   "cl-bg listed by ps --cluster")
+        rows = [r.split() for r in cli("ps", "--cluster", "-a", addr=via).stdout.splitlines()]
+        self.assertEqual(rows[0][:3], ["JOB", "ID", "STATE"])
+        by_id = {r[0]: r for r in rows[1:]}
+        self.assertEqual(by_id["cl-on"][1], "crashed")
+        self.assertIn(third.host_id, by_id["cl-on"])
+        listed = simplejson.loads(cli("ps", "--cluster", "--json", addr=via).stdout)
+        bg_host = next(j["host_id"] for j in listed if j["id"] == "cl-bg")
+
+        # job commands through a host that may not run the job: the mirror says where it is
+        elsewhere = next(a for a in (first, second, third) if a.host_id != bg_host)
+        elsewhere_addr = f"{elsewhere.ip}:{elsewhere.port}"
+        inspected = simplejson.loads(cli("inspect", "cl-bg", addr=elsewhere_addr).stdout)
+        self.assertEqual((inspected["host_id"], inspected["status"]), (bg_host, "running"))
+        stopped = cli("stop", "--timeout", "1", "cl-bg", addr=elsewhere_addr)
+        self.assertEqual((stopped.returncode, stopped.stdout), (0, "cl-bg\n"), stopped.stderr)
+        missing = cli("inspect", "no-such-job", addr=elsewhere_addr)
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn("no-such-job", missing.stderr)
+
+        events = cli("events", "--cluster", "--json", addr=via)
+        added = {e["host_id"] for e in map(simplejson.loads, events.stdout.splitlines())
+                 if (e["type"], e["event"]) == ("host", "add")}
+        self.assertLessEqual({second.host_id, third.host_id}, added, events.stderr)

@@ -32,6 +32,8 @@ class EventLogTest(unittest.TestCase):
             log.since(2)
         self.assertIn("oldest 4", caught.exception.message)
         self.assertEqual(caught.exception.status, 410)
+        # where to resume: the lowest `since` still answered, and the newest cursor
+        self.assertEqual(caught.exception.extra, {"earliest": 3, "cursor": 6})
 
     def test_future_cursor_is_rejected(self):
         log = EventLog(capacity=3)

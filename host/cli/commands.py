@@ -83,6 +83,25 @@ def _ports(ports: list) -> str:
     return ",".join(f"{p['port']}->{p['container_port']}/{p['proto']}" for p in ports)
 
 
+def _host_of(addr: str, job_id: str) -> tuple:
+    """(HostClient of the host running `job_id`, its ActiveJob): the agent at `addr` if it has
+    the job, else the host the cluster leader's mirror places it on, so that `ps --cluster -q |
+    xargs flynn-host stop` works from any host."""
+    local = HostClient(addr)
+    try:
+        return local, local.job(job_id)
+    except errors.NotFound as not_here:
+        try:
+            hosts = ClusterClient(addr).hosts()
+        except errors.FlynnError:
+            raise not_here  # no cluster to ask: the local answer stands
+        for host in hosts:
+            if any(job["id"] == job_id for job in host.get("jobs", [])):
+                remote = HostClient(host["addr"])
+                return remote, remote.job(job_id)
+        raise errors.NotFound(f"no job {job_id!r} on this host or elsewhere in the cluster")
+
+
 # ---- the commands ---------------------------------------------------------------------------
 
 def cmd_ps(argv):
@@ -123,10 +142,11 @@ def cmd_ps(argv):
 
 
 def cmd_inspect(argv):
-    parser = _parser("inspect", "Show a job in full (JSON).", "  flynn-host inspect web-1")
+    parser = _parser("inspect", "Show a job in full (JSON), on whichever host of the cluster runs "
+                     "it.", "  flynn-host inspect web-1")
     parser.add_argument("job_id")
     args = parser.parse_args(argv)
-    _print_json(HostClient(args.addr).job(args.job_id))
+    _print_json(_host_of(args.addr, args.job_id)[1])
 
 
 def cmd_log(argv):
@@ -139,26 +159,29 @@ def cmd_log(argv):
     if args.tail is not None and args.tail < 0:
         raise UsageError("flynn-host log: --tail must be 0 or more")
     out = sys.stdout.buffer
-    for chunk in HostClient(args.addr).log(args.job_id, follow=args.follow, tail=args.tail):
+    host, _ = _host_of(args.addr, args.job_id)
+    for chunk in host.log(args.job_id, follow=args.follow, tail=args.tail):
         out.write(chunk)
         out.flush()
 
 
 def cmd_stop(argv):
-    parser = _parser("stop", "Stop jobs: SIGTERM, then SIGKILL after the timeout.",
-                     "  flynn-host stop web-1 web-2\n  flynn-host stop --timeout 2 web-1")
+    parser = _parser("stop", "Stop jobs, on whichever hosts run them: SIGTERM, then SIGKILL after "
+                     "the timeout. Returns once they have ended.",
+                     "  flynn-host stop web-1 web-2\n  flynn-host stop --timeout 2 web-1\n"
+                     "  flynn-host ps --cluster -q | xargs flynn-host stop")
     parser.add_argument("job_ids", nargs="+")
     parser.add_argument("--timeout", "-timeout", type=float, default=None,
                         help="seconds before SIGKILL (default 10)")
     args = parser.parse_args(argv)
-    client = HostClient(args.addr)
     with Progress(f"stopping {len(args.job_ids)} job(s)"):
-        for job_id in args.job_ids:
-            client.stop_job(job_id, args.timeout)
+        hosts = [_host_of(args.addr, job_id)[0] for job_id in args.job_ids]
+        for host, job_id in zip(hosts, args.job_ids):
+            host.stop_job(job_id, args.timeout)
         # like docker stop: return once they have stopped
-        stopped = [_wait_for_job(client, job_id, final=True,
+        stopped = [_wait_for_job(host, job_id, final=True,
                                  timeout_s=(10 if args.timeout is None else args.timeout) + 30)
-                   for job_id in args.job_ids]
+                   for host, job_id in zip(hosts, args.job_ids)]
     if args.json:
         _print_json(stopped)
     else:
@@ -173,7 +196,7 @@ def cmd_signal(argv):
     parser.add_argument("signal")
     args = parser.parse_args(argv)
     signal = int(args.signal) if args.signal.isdigit() else args.signal
-    job = HostClient(args.addr).signal_job(args.job_id, signal)
+    job = _host_of(args.addr, args.job_id)[0].signal_job(args.job_id, signal)
     _print_json(job) if args.json else print(job["job"]["id"])
 
 
@@ -228,7 +251,8 @@ def cmd_events(argv):
                      "  flynn-host events -f --cluster")
     parser.add_argument("-f", "--follow", action="store_true")
     parser.add_argument("--since", "-since", type=int, default=None,
-                        help="cursor to start after (default: now when following, else 0)")
+                        help="cursor to start after (default: now when following, else the "
+                             "oldest retained event)")
     parser.add_argument("--cluster", "-cluster", action="store_true")
     args = parser.parse_args(argv)
     client = ClusterClient(args.addr) if args.cluster else HostClient(args.addr)
@@ -244,9 +268,15 @@ def cmd_events(argv):
     if args.follow:
         for event in client.follow_events(since=args.since):
             show(event)
-    else:
-        for event in client.events(since=0 if args.since is None else args.since)["events"]:
-            show(event)
+        return
+    try:
+        page = client.events(since=0 if args.since is None else args.since)
+    except errors.CursorExpired as e:
+        if args.since is not None:
+            raise
+        page = client.events(since=e.extra["earliest"])  # "all" means all that is retained
+    for event in page["events"]:
+        show(event)
 
 
 def _memory_mb(text: str) -> int:
@@ -343,8 +373,7 @@ def cmd_attach(argv):
     parser.add_argument("-t", "--tty", action="store_true", help="our terminal goes raw")
     parser.add_argument("job_id")
     args = parser.parse_args(argv)
-    host = HostClient(args.addr)
-    host.job(args.job_id)  # a clear 404 before any upgrade
+    host, _ = _host_of(args.addr, args.job_id)  # a clear 404 before any upgrade
     attachment = host.attach(args.job_id)
     size = _terminal_size() if args.tty else None
     if size:
