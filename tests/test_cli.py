@@ -7,6 +7,7 @@ import unittest
 import gevent
 import simplejson
 
+from host.cli.commands import COMMANDS
 from tests.test_cluster import ClusterTestCase
 from tests.support import (FLYNN_HOST, REPO, AgentProcess, DockerAgentTestCase, free_port, job_body,
                            remove_host_containers, require_docker, wait_until)
@@ -120,6 +121,38 @@ class CliTest(DockerAgentTestCase):
         helped = cli("ps", "--help")
         self.assertEqual(helped.returncode, 0)
         self.assertIn("examples:", helped.stdout)
+
+    def test_every_usage_error_exits_2_with_one_line_naming_the_problem(self):
+        cases = {("frobnicate",): "unknown command", ("inspect",): "job_id",
+                 ("run",): "IMAGE is required", ("run", "-e", "X", "img"): "not KEY=VALUE",
+                 ("run", "-p", "abc", "img"): "not a port", ("run", "-m", "12x", "img"):
+                 "not a memory size", ("run", "--cpu", "x", "img"): "--cpu",
+                 ("run", "-d", "-t", "img"): "-d cannot go with", ("stop",): "job_ids",
+                 ("signal", "x"): "signal", ("events", "--since", "abc"): "--since",
+                 ("attach",): "job_id", ("log", "--tail", "-1", "x"): "--tail",
+                 ("ps", "--bogus"): "--bogus"}
+        for argv, fragment in cases.items():
+            with self.subTest(argv=argv):
+                result = cli(*argv, "-H", self.addr)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn(fragment, result.stderr.strip().splitlines()[-1])
+                self.assertNotIn("Traceback", result.stderr)
+        for command in COMMANDS:
+            with self.subTest(help=command):
+                helped = cli(command, "--help")
+                self.assertEqual(helped.returncode, 0)
+                self.assertIn("examples:", helped.stdout)
+
+    def test_every_command_exits_3_when_the_agent_is_unreachable(self):
+        nowhere = f"127.0.0.1:{free_port()}"
+        for argv in (("ps",), ("ps", "--cluster"), ("inspect", "x"), ("log", "x"), ("stop", "x"),
+                     ("signal", "x", "HUP"), ("status",), ("leader",), ("hosts",),
+                     ("events",), ("run", "-d", "img"), ("attach", "x")):
+            with self.subTest(argv=argv):
+                result = cli(*argv, "-H", nowhere)
+                self.assertEqual(result.returncode, 3, result.stderr)
+                self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+                self.assertNotIn("Traceback", result.stderr)
 
     def test_run_prints_output_and_passes_the_exit_status_through(self):
         ran = cli("run", "--id", "cli-r1", os.environ.get("FLYNN_TEST_IMAGE",

@@ -325,9 +325,11 @@ def cmd_run(argv):
                         help="attach stdin (the job starts once attached: no output is lost)")
     parser.add_argument("-t", "--tty", action="store_true",
                         help="give the job a terminal; ours goes raw until it ends")
-    parser.add_argument("image")
+    parser.add_argument("image", nargs="?")  # checked below: argparse would also ask for CMD
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if not args.image:
+        raise UsageError("flynn-host run: an IMAGE is required (flynn-host run --help)")
     if args.detach and (args.interactive or args.tty):
         raise UsageError("flynn-host run: -d cannot go with -i or -t")
     # stdin: the job waits for our attach before it starts, so none of its output is lost (a
