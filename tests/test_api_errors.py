@@ -121,6 +121,15 @@ class ApiErrorTest(unittest.TestCase):
         self.assertError(self.client.post("/host/jobs/sig/signal", data=b"HUP"), 400,
                          "validation_error", "not valid JSON")
 
+    def test_bad_attach_upgrades(self):
+        self.assertError(self.client.get("/host/jobs/j/attach"), 400, "validation_error",
+                         "WebSocket upgrade")
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+        self.assertError(self.client.get("/host/jobs/j/attach", headers=upgrade), 400,
+                         "validation_error", "Sec-WebSocket")
+        self.assertError(self.client.get("/host/jobs/bad%20id/attach", headers=upgrade), 400,
+                         "validation_error", "job id")
+
     def test_expired_cursor(self):
         for n in range(6):  # the buffer holds 5 events
             self.client.put_job(f"exp{n}", dict(GOOD, attributes={"n": str(n)}))

@@ -13,6 +13,7 @@ import bottle
 import gevent
 import simple_websocket
 import simplejson
+from wsproto.utilities import RemoteProtocolError
 
 from host import errors
 from host.api.http import int_param
@@ -45,7 +46,10 @@ def install(app: bottle.Bottle, agent):
         if all(size):
             slot.size = size  # the terminal is sized right as the job starts
         try:
-            ws = simple_websocket.Server(environ)
+            try:
+                ws = simple_websocket.Server(environ)
+            except RemoteProtocolError as e:
+                raise errors.ValidationError(f"attach: not a valid WebSocket upgrade: {e}")
             environ[UPGRADED] = True
             try:
                 _session(agent, job_id, slot, ws)
@@ -66,7 +70,8 @@ def install(app: bottle.Bottle, agent):
             ws.thread.join(CLOSE_WAIT_S)
         finally:
             agent.supervisor.release_attach(job_id)
-        return bottle.HTTPResponse(status=200)
+        # never written (see AgentApp.__call__); the access log shows the switch
+        return bottle.HTTPResponse(status=101)
 
 
 def _send_json(ws, message: dict):
