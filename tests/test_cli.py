@@ -130,7 +130,9 @@ class CliTest(DockerAgentTestCase):
                  ("run", "-d", "-t", "img"): "-d cannot go with", ("stop",): "job_ids",
                  ("signal", "x"): "signal", ("events", "--since", "abc"): "--since",
                  ("attach",): "job_id", ("log", "--tail", "-1", "x"): "--tail",
-                 ("ps", "--bogus"): "--bogus"}
+                 ("ps", "--bogus"): "--bogus", ("inspect", "cli-run/log"): "not a job id",
+                 ("stop", "ok", "a?b"): "not a job id", ("run", "--id", "a b", "img"):
+                 "not a job id"}
         for argv, fragment in cases.items():
             with self.subTest(argv=argv):
                 result = cli(*argv, "-H", self.addr)

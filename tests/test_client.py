@@ -81,6 +81,10 @@ class ClientErrorTest(unittest.TestCase):
                 HostClient(addr, timeout_s=0.5).attach("j")
             self.assertLess(time.monotonic() - started, 5)
 
+    def test_ids_stay_inside_the_path(self):
+        self.host.job("a?b#c")
+        self.assertEqual(self.agent.requests[-1], ("GET", "/host/jobs/a?b#c", ""))
+
     def test_add_job_reports_whether_it_was_created(self):
         self.agent.answers += [(202, {"status": "starting"}), (200, {"status": "running"})]
         self.assertEqual(self.host.add_job("j", {"config": {"image": "x"}})[1], True)

@@ -14,6 +14,7 @@ import simplejson
 
 from host import errors
 from host.client import AgentUnreachable, ClusterClient, HostClient
+from host.types import id_problem
 
 EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_ADDR = "127.0.0.1:1113"
@@ -144,7 +145,7 @@ def cmd_ps(argv):
 def cmd_inspect(argv):
     parser = _parser("inspect", "Show a job in full (JSON), on whichever host of the cluster runs "
                      "it.", "  flynn-host inspect web-1")
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", type=_job_id)
     args = parser.parse_args(argv)
     _print_json(_host_of(args.addr, args.job_id)[1])
 
@@ -152,7 +153,7 @@ def cmd_inspect(argv):
 def cmd_log(argv):
     parser = _parser("log", "Print a job's output.",
                      "  flynn-host log web-1\n  flynn-host log -f --tail 10 web-1")
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", type=_job_id)
     parser.add_argument("-f", "--follow", action="store_true", help="until the job ends")
     parser.add_argument("--tail", "-tail", type=int, help="only the last N lines")
     args = parser.parse_args(argv)
@@ -170,7 +171,7 @@ def cmd_stop(argv):
                      "the timeout. Returns once they have ended.",
                      "  flynn-host stop web-1 web-2\n  flynn-host stop --timeout 2 web-1\n"
                      "  flynn-host ps --cluster -q | xargs flynn-host stop")
-    parser.add_argument("job_ids", nargs="+")
+    parser.add_argument("job_ids", nargs="+", type=_job_id)
     parser.add_argument("--timeout", "-timeout", type=float, default=None,
                         help="seconds before SIGKILL (default 10)")
     args = parser.parse_args(argv)
@@ -192,7 +193,7 @@ def cmd_stop(argv):
 def cmd_signal(argv):
     parser = _parser("signal", "Send a signal to a running job.",
                      "  flynn-host signal web-1 HUP")
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", type=_job_id)
     parser.add_argument("signal")
     args = parser.parse_args(argv)
     signal = int(args.signal) if args.signal.isdigit() else args.signal
@@ -298,6 +299,15 @@ def _port(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not a port: {text!r} (PORT or HOSTPORT:PORT)")
 
 
+def _job_id(text: str) -> str:
+    """A job id argument, checked here: the agent would answer a bad one with a 400, but a `/`
+    in it would reach another route first (WSGI decodes the path)."""
+    problem = id_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"not a job id: {text!r} ({problem})")
+    return text
+
+
 def _env(text: str) -> tuple:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -318,7 +328,7 @@ def cmd_run(argv):
     parser.add_argument("-m", "--memory", "-memory", type=_memory_mb, default=0,
                         help="memory limit, MiB (64, 64m, 1g)")
     parser.add_argument("--cpu", "-cpu", type=int, default=0, help="CPU shares")
-    parser.add_argument("--id", "-id", help="job id (default: generated)")
+    parser.add_argument("--id", "-id", type=_job_id, help="job id (default: generated)")
     parser.add_argument("--on", "-on", help="host to run on (default: the leader places it)")
     parser.add_argument("-d", "--detach", action="store_true", help="print the job id and exit")
     parser.add_argument("-i", "--interactive", action="store_true",
@@ -373,7 +383,7 @@ def cmd_attach(argv):
                      "  flynn-host attach -i -t shell-1")
     parser.add_argument("-i", "--interactive", action="store_true", help="send our stdin")
     parser.add_argument("-t", "--tty", action="store_true", help="our terminal goes raw")
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", type=_job_id)
     args = parser.parse_args(argv)
     host, _ = _host_of(args.addr, args.job_id)  # a clear 404 before any upgrade
     attachment = host.attach(args.job_id)
