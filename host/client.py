@@ -145,7 +145,6 @@ class AttachSocket(WebSocketBase):
         self.host, self.port = parts.hostname, parts.port or 80
         self.target = parts.path + (f"?{parts.query}" if parts.query else "")
         self.url = url
-        self.timeout_s = timeout_s
         sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
         try:
             super().__init__(sock, connection_type=ConnectionType.CLIENT)
@@ -163,7 +162,8 @@ class AttachSocket(WebSocketBase):
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
-                    self.sock.settimeout(None)  # from now on, receive() has its own timeout
+                    # the connect's timeout bounded the handshake; receive() has its own
+                    self.sock.settimeout(None)
                     self.connected = True
                     return
                 if isinstance(event, RejectConnection):

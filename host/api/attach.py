@@ -98,8 +98,8 @@ def _session(agent, job_id: str, slot, ws):
     job = agent.table.get(job_id)
     attachment = agent.runtime.attach(job.container_id, job.job.config.tty)
     slot.attached.set()
-    if slot.size and job.job.config.tty and job.status == RUNNING:
-        agent.supervisor.size_terminal(job.container_id, slot.size)  # joined a running job
+    if slot.size:
+        _apply_size(agent, job_id, slot)  # the job may be running already
     log.info("job %s: attached", job_id)
     output = gevent.spawn(_pump_output, agent, job_id, attachment, ws)
     try:
@@ -131,22 +131,27 @@ def _control(agent, job_id: str, slot, attachment, text: str):
         height, width = message.get("height"), message.get("width")
         if not all(isinstance(v, int) and 0 < v < 10000 for v in (height, width)):
             raise errors.ValidationError("attach: resize needs integer height and width")
-        job = agent.table.get(job_id)
-        if not job.job.config.tty:
-            return  # no terminal to size
-        slot.size = (height, width)  # what the supervisor applies as the job starts
-        if job.status == RUNNING:
-            # at once, before the next message: stdin sent after a resize meets the new size
-            agent.supervisor.size_terminal(job.container_id, slot.size)
-        else:
-            gevent.spawn(_size_once_started, agent, job_id, slot)
+        slot.size = (height, width)
+        _apply_size(agent, job_id, slot)
     else:
         raise errors.ValidationError(f"attach: unknown message type {kind!r}")
 
 
+def _apply_size(agent, job_id: str, slot):
+    """Size a TTY job's terminal to `slot.size`. A running job at once, before the next message
+    is read, so stdin sent after a resize meets the new size. A job still starting: the
+    supervisor applies `slot.size` right after the start, but may have looked just before it
+    was set, so it is applied again once the job runs."""
+    job = agent.table.get(job_id)
+    if not job.job.config.tty:
+        return  # no terminal to size
+    if job.status == RUNNING:
+        agent.supervisor.size_terminal(job.container_id, slot.size)
+    else:
+        gevent.spawn(_size_once_started, agent, job_id, slot)
+
+
 def _size_once_started(agent, job_id: str, slot):
-    """A size that came while the job was starting: the supervisor may have looked for one
-    just before it came, so apply it once the job runs."""
     job = agent.wait_until_started(job_id, ATTACH_WAIT_S)
     if job is not None and job.status == RUNNING:
         agent.supervisor.size_terminal(job.container_id, slot.size)

@@ -84,23 +84,33 @@ def _ports(ports: list) -> str:
     return ",".join(f"{p['port']}->{p['container_port']}/{p['proto']}" for p in ports)
 
 
-def _host_of(addr: str, job_id: str) -> tuple:
-    """(HostClient of the host running `job_id`, its ActiveJob): the agent at `addr` if it has
-    the job, else the host the cluster leader's mirror places it on, so that `ps --cluster -q |
-    xargs flynn-host stop` works from any host."""
-    local = HostClient(addr)
-    try:
-        return local, local.job(job_id)
-    except errors.NotFound as not_here:
+def _hosts_of(addr: str, job_ids: list) -> list:
+    """[(HostClient of the host running the job, its ActiveJob)] for each of `job_ids`: the
+    agent at `addr` if it has the job, else the host the cluster leader's mirror places it on
+    (read once for all of them), so that `ps --cluster -q | xargs flynn-host stop` works from
+    any host."""
+    local, mirror, found = HostClient(addr), None, []
+    for job_id in job_ids:
         try:
-            hosts = ClusterClient(addr).hosts()
-        except errors.FlynnError:
-            raise not_here  # no cluster to ask: the local answer stands
-        for host in hosts:
-            if any(job["id"] == job_id for job in host.get("jobs", [])):
-                remote = HostClient(host["addr"])
-                return remote, remote.job(job_id)
-        raise errors.NotFound(f"no job {job_id!r} on this host or elsewhere in the cluster")
+            found.append((local, local.job(job_id)))
+            continue
+        except errors.NotFound as not_here:
+            if mirror is None:
+                try:
+                    mirror = ClusterClient(addr).hosts()
+                except errors.FlynnError:
+                    raise not_here  # no cluster to ask: the local answer stands
+        host_addr = next((host["addr"] for host in mirror
+                          if any(job["id"] == job_id for job in host.get("jobs", []))), None)
+        if host_addr is None:
+            raise errors.NotFound(f"no job {job_id!r} on this host or elsewhere in the cluster")
+        remote = HostClient(host_addr)
+        found.append((remote, remote.job(job_id)))
+    return found
+
+
+def _host_of(addr: str, job_id: str) -> tuple:
+    return _hosts_of(addr, [job_id])[0]
 
 
 # ---- the commands ---------------------------------------------------------------------------
@@ -176,7 +186,7 @@ def cmd_stop(argv):
                         help="seconds before SIGKILL (default 10)")
     args = parser.parse_args(argv)
     with Progress(f"stopping {len(args.job_ids)} job(s)"):
-        hosts = [_host_of(args.addr, job_id)[0] for job_id in args.job_ids]
+        hosts = [host for host, _ in _hosts_of(args.addr, args.job_ids)]
         for host, job_id in zip(hosts, args.job_ids):
             host.stop_job(job_id, args.timeout)
         # like docker stop: return once they have stopped
