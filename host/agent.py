@@ -1,18 +1,16 @@
 """The agent: wires the parts together and owns every long-lived greenlet.
 
-Start-up: load the job table, (with -force) clear what a previous instance left, then follow the
-runtime's events (which reconciles the table with the containers on every (re)connect).
-Stopping the agent never stops jobs: it closes the API, ends its greenlets and closes the store.
-A long-lived service that dies unexpectedly is logged and brings the whole agent down, loudly,
-rather than leaving it half-alive.
+Start-up: take the state dir (one agent per state dir), load the job table (rebuilt when damaged),
+(with -force) clear what a previous instance left, register, then follow the runtime's events
+(which reconciles the table with the containers on every (re)connect).
+Stopping the agent never stops jobs: it deregisters at once, closes the API, ends its greenlets
+and closes the store. A dependency failing (Docker, etcd) is expected: each service retries with
+backoff. A long-lived service that dies of anything else is a bug: it is logged and brings the
+whole agent down, loudly, rather than leaving it half-alive.
 """
 from __future__ import annotations
 
 import logging
-import os
-import re
-import socket
-import uuid
 from typing import Optional
 
 import gevent
@@ -22,7 +20,7 @@ import gevent.pool
 import host
 from host.clock import Clock
 from host.cluster.assignments import AssignmentWatcher
-from host.cluster.scheduler import JobScheduler
+from host.cluster.scheduler import ClaimRecords, JobScheduler
 from host.cluster.view import ClusterView
 from host.config import Config
 from host.discovery.embedded import EmbeddedEtcd
@@ -32,55 +30,29 @@ from host.errors import FlynnError
 from host.ports import PortAllocator
 from host.runtime import Runtime
 from host.state import JobTable
-from host.store import Store
+from host.statedir import LocalState, open_state
 from host.supervisor import JobSupervisor
-from host.types import STARTING, HostResources, id_problem
+from host.types import STARTING, HostRecord, HostResources, JobSummary
 
 log = logging.getLogger(__name__)
-
-
-def job_summary(job) -> dict:
-    """A job as the heartbeat carries it: state, image, ports and reservations, not the spec."""
-    return {"id": job.id, "status": job.status, "image": job.job.config.image,
-            "ports": [p.to_dict() for p in job.ports], "resources": job.job.resources.to_dict(),
-            "exit_status": job.exit_status, "error": job.error, "created_at": job.created_at,
-            "started_at": job.started_at, "ended_at": job.ended_at}
-
-
-def load_or_create_host_id(state_dir: str) -> str:
-    """The id kept in the state dir, or a new one derived from the hostname (kept from then on,
-    so renaming the machine does not turn it into a different host)."""
-    os.makedirs(state_dir, exist_ok=True)
-    path = os.path.join(state_dir, "host-id")
-    try:
-        with open(path) as f:
-            kept = f.read().strip()
-        if not id_problem(kept):
-            return kept
-    except FileNotFoundError:
-        pass
-    derived = re.sub(r"[^A-Za-z0-9_.-]", "", socket.gethostname())[:128]
-    if id_problem(derived):
-        derived = uuid.uuid4().hex
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(derived + "\n")
-    os.replace(tmp, path)
-    return derived
 
 
 class Agent:
     def __init__(self, config: Config, runtime: Runtime, clock: Optional[Clock] = None,
                  discovery: Optional[EtcdDiscovery] = None,
-                 embedded_etcd: Optional[EmbeddedEtcd] = None):
-        """Without `discovery` the agent runs alone: no registration, no cluster API."""
+                 embedded_etcd: Optional[EmbeddedEtcd] = None,
+                 local: Optional[LocalState] = None):
+        """Without `discovery` the agent runs alone: no registration, no cluster API.
+        `local` is the state dir, opened (build_agent); without it the agent opens
+        config.state_dir, and raises FatalError when another agent holds it."""
         self.config = config
         self.runtime = runtime
         self.clock = clock or Clock()
-        os.makedirs(config.state_dir, exist_ok=True)
-        self.host_id = config.id or load_or_create_host_id(config.state_dir)
-        self.store = Store.in_dir(config.state_dir, config.event_buffer)
-        self.table = JobTable.load(self.host_id, self.store, self.clock, config.event_buffer)
+        local = local or open_state(config.state_dir, config.id, config.event_buffer)
+        self.local = local
+        self.host_id, self.state_id, self.store = local.host_id, local.state_id, local.store
+        self.table = JobTable.load(self.host_id, self.store, local.snapshot, self.clock,
+                                   config.event_buffer, local.cursor_floor)
         self.ports = PortAllocator(config.ports[0], config.ports[1], config.bind)
         self.capacity = HostResources(memory_mb=config.memory_mb, cpu_shares=config.cpu_shares)
         self.tasks = gevent.pool.Pool(config.task_concurrency)
@@ -89,25 +61,31 @@ class Agent:
         self.supervisor = JobSupervisor(
             host_id=self.host_id, external_ip=config.external, bind_ip=config.bind,
             capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
-            table=self.table, ports=self.ports, clock=self.clock, spawn=self.spawn_task)
+            table=self.table, ports=self.ports, clock=self.clock, spawn=self.spawn_task,
+            on_forgotten=self._forgotten)
         self.started_at = self.clock.now_text()
         self.discovery = discovery
         self.embedded_etcd = embedded_etcd
         self.heartbeat = self.view = self.scheduler = self.assignments = None
         if discovery is not None:
             self.heartbeat = Heartbeat(discovery, self.host_id, config.heartbeat_ttl,
-                                       self.host_record)
+                                       self.host_record, self.state_id)
             self.view = ClusterView(discovery, self.host_id, config.event_buffer)
-            self.scheduler = JobScheduler(self.view, Records(discovery, "cluster/requests"),
-                                          Records(discovery, "cluster/assignments"), self.clock)
+            claims = Records(discovery, "cluster/jobs")
+            self.scheduler = JobScheduler(
+                self.view, Records(discovery, "cluster/requests"), claims,
+                Records(discovery, "cluster/assignments"),
+                registration=lambda: self.heartbeat.registration, leads=discovery.leads,
+                clock=self.clock)
             self.assignments = AssignmentWatcher(
-                Records(discovery, f"cluster/assignments/{self.host_id}"), self.supervisor,
-                self.heartbeat, self.spawn_task)
+                self.host_id, Records(discovery, f"cluster/assignments/{self.host_id}"),
+                ClaimRecords(claims), self.supervisor, self.heartbeat, self.spawn_task)
 
     # ---- greenlets ------------------------------------------------------------------------
 
     def start(self):
-        """Start the background services (not the HTTP server)."""
+        """Start the background services (not the HTTP server). Raises FatalError when this
+        host id is another live agent's, FlynnError when -force cannot reach Docker."""
         log.info("host %s starting (addr %s, state dir %s, %d jobs in the table)", self.host_id,
                  self.config.addr, self.config.state_dir, len(self.table.list()))
         if self.config.force:
@@ -117,6 +95,11 @@ class Agent:
             self.embedded_etcd.start(self.discovery.ping)
             self.start_service("etcd", lambda: self.embedded_etcd.supervise(self.discovery.ping))
         if self.discovery is not None:
+            try:
+                # at once, so that a host id another live agent uses stops us before we serve
+                self.heartbeat.register()
+            except FlynnError as e:
+                log.warning("not registered yet (%s); the heartbeat keeps trying", e)
             self.start_service("heartbeat", self.heartbeat.run)
             self.start_service("cluster-view", self.view.run)
             self.start_service("state-publisher", self._publish_state_changes)
@@ -140,6 +123,10 @@ class Agent:
             if found:
                 self.heartbeat.mark_changed()
 
+    def _forgotten(self, job):
+        if self.assignments is not None:
+            self.assignments.release_claim(job)
+
     def start_service(self, name: str, run):
         greenlet = gevent.spawn(run)
         greenlet.name = name
@@ -161,17 +148,26 @@ class Agent:
                 log.exception("task %s%r failed", getattr(run, "__name__", run), args)
         return self.tasks.spawn(task)
 
+    def leave_cluster(self):
+        """Deregister now (the cluster reacts at once, not after the TTL); idempotent."""
+        heartbeat = self.services.get("heartbeat")
+        if heartbeat is not None:
+            heartbeat.unlink(self._service_died)
+            # first, so that it cannot register again behind the deregistration
+            heartbeat.kill()
+        if self.heartbeat is not None:
+            self.heartbeat.deregister()
+
     def stop(self):
-        """Stop our greenlets and close the store. Jobs keep running."""
+        """Deregister at once, stop our greenlets, close the store. Jobs keep running."""
+        self.leave_cluster()
         for greenlet in self.services.values():
             greenlet.unlink(self._service_died)
-        gevent.killall(list(self.services.values()), timeout=5)
-        self.tasks.kill(timeout=5)
-        if self.heartbeat is not None:
-            self.heartbeat.deregister()  # the cluster reacts at once, not after the TTL
+        gevent.killall(list(self.services.values()), timeout=1)
+        self.tasks.kill(timeout=1)
         if self.embedded_etcd is not None:
             self.embedded_etcd.stop()
-        self.store.close()
+        self.local.close()
         log.info("host %s stopped; its jobs keep running", self.host_id)
 
     # ---- what the API asks --------------------------------------------------------------
@@ -213,16 +209,12 @@ class Agent:
     def host_record(self) -> dict:
         """What this host publishes in its registration: what the leader needs to place jobs and
         to report them. A job's full spec stays here and in its assignment."""
-        return {
-            "id": self.host_id,
-            "addr": self.config.addr,
-            "version": host.__version__,
-            "attributes": self.config.attributes,
-            "resources": self.capacity.to_dict(),
-            "allocated": self.table.allocated().to_dict(),
-            "jobs": [job_summary(j) for j in self.table.list()],
-            "registered_at": self.started_at,
-        }
+        return HostRecord(
+            id=self.host_id, addr=self.config.addr, version=host.__version__,
+            attributes=self.config.attributes, resources=self.capacity,
+            allocated=self.table.allocated(),
+            jobs=tuple(JobSummary.of(j) for j in self.table.list()),
+            registered_at=self.started_at, state_id=self.state_id).to_dict()
 
     def wait_for_job(self, job_id: str, done, timeout_s: float):
         """The job (None while it does not exist) once `done(job)` holds, or as it is after
@@ -249,10 +241,16 @@ class Agent:
         return self.wait_for_job(job_id, lambda job: job.status != STARTING, timeout_s)
 
 def build_agent(config: Config) -> Agent:
-    """The daemon's agent: Docker from the environment, etcd from the configuration."""
+    """The daemon's agent: Docker from the environment, etcd from the configuration. Raises
+    FatalError when the state dir is another agent's."""
     from host.discovery import discovery_from_config
     from host.runtime.docker import DockerRuntime
-    host_id = config.id or load_or_create_host_id(config.state_dir)
-    discovery, embedded = discovery_from_config(config, host_id)
-    return Agent(config.replace(id=host_id), DockerRuntime(), discovery=discovery,
-                 embedded_etcd=embedded)
+    local = open_state(config.state_dir, config.id, config.event_buffer)
+    try:
+        config = config.replace(id=local.host_id)
+        discovery, embedded = discovery_from_config(config, local.host_id)
+        return Agent(config, DockerRuntime(), discovery=discovery, embedded_etcd=embedded,
+                     local=local)
+    except BaseException:
+        local.close()
+        raise

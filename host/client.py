@@ -73,7 +73,7 @@ def forward(addr: str, method: str, path: str, query: str, body: bytes, content_
                                leader=addr) from e
 
 
-def _path(*parts: str) -> str:
+def route_path(*parts: str) -> str:
     """A route path with each id percent-quoted: a `?`, `#` or space in an id given by a user
     reaches the agent inside the path, to get its validation error, instead of starting a query
     or a fragment (WSGI decodes the path, so a `/` still splits it: the CLI refuses such ids)."""
@@ -235,7 +235,7 @@ class HostClient(_Client):
         """Attach to a job's stdin/stdout/stderr; the job may not exist yet (the agent waits,
         bounded, and starts it only once attached). `size` (height, width) sizes its terminal
         as it starts."""
-        url = self.addr.replace("http://", "ws://", 1) + _path("host", "jobs", job_id, "attach")
+        url = self.addr.replace("http://", "ws://", 1) + route_path("host", "jobs", job_id, "attach")
         if size:
             url += f"?height={size[0]}&width={size[1]}"
         try:
@@ -250,20 +250,20 @@ class HostClient(_Client):
         return self._json("GET", "/host/jobs", params={"status": status} if status else None)
 
     def job(self, job_id: str) -> dict:
-        return self._json("GET", _path("host", "jobs", job_id))
+        return self._json("GET", route_path("host", "jobs", job_id))
 
     def add_job(self, job_id: str, job: dict) -> tuple:
         """(ActiveJob, created): created is False when the same job was there already."""
-        response = self._request("PUT", _path("host", "jobs", job_id), json=job)
+        response = self._request("PUT", route_path("host", "jobs", job_id), json=job)
         return response.json(), response.status_code == 202
 
     def stop_job(self, job_id: str, timeout_s: Optional[float] = None) -> dict:
         params = {"timeout": timeout_s} if timeout_s is not None else None
-        return self._json("DELETE", _path("host", "jobs", job_id), params=params,
+        return self._json("DELETE", route_path("host", "jobs", job_id), params=params,
                           extra_timeout_s=timeout_s or 0)
 
     def signal_job(self, job_id: str, signal) -> dict:
-        return self._json("POST", _path("host", "jobs", job_id, "signal"),
+        return self._json("POST", route_path("host", "jobs", job_id, "signal"),
                           json={"signal": signal})
 
     def log(self, job_id: str, follow: bool = False, tail: Optional[int] = None,
@@ -274,7 +274,7 @@ class HostClient(_Client):
             params["tail"] = tail
         if stream:
             params["stream"] = stream
-        response = self._request("GET", _path("host", "jobs", job_id, "log"), params=params,
+        response = self._request("GET", route_path("host", "jobs", job_id, "log"), params=params,
                                  stream=True, extra_timeout_s=3600 if follow else 0)
         try:
             yield from response.iter_content(chunk_size=None)
@@ -317,7 +317,7 @@ class ClusterClient(_Client):
         return self._json("GET", "/cluster/hosts")
 
     def host(self, host_id: str) -> dict:
-        return self._json("GET", _path("cluster", "hosts", host_id))
+        return self._json("GET", route_path("cluster", "hosts", host_id))
 
     def add_jobs(self, jobs: list, host_id: Optional[str] = None) -> list:
         """Place `jobs` (on `host_id`, or where the leader chooses): [{"host_id", "job_id"}]."""
@@ -326,7 +326,7 @@ class ClusterClient(_Client):
 
     def stop_job(self, host_id: str, job_id: str, timeout_s: Optional[float] = None) -> dict:
         params = {"timeout": timeout_s} if timeout_s is not None else None
-        return self._json("DELETE", _path("cluster", "hosts", host_id, "jobs", job_id),
+        return self._json("DELETE", route_path("cluster", "hosts", host_id, "jobs", job_id),
                           params=params,
                           extra_timeout_s=timeout_s or 0)
 

@@ -88,6 +88,12 @@ class InternalError(FlynnError):
     code = "internal_error"
 
 
+class FatalError(BaseException):
+    """The agent must stop: a condition no retry mends (another agent holds our host id, our
+    state dir). A BaseException, as gunicorn's fatal stops are, so that no `except Exception` on
+    the way swallows it; the daemon prints its message and exits 1."""
+
+
 # ---- runtime-level errors (raised by host.runtime.*, never by Docker's own classes) ------------
 
 class RuntimeUnavailable(Unavailable):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 
 from gevent import pywsgi
@@ -34,6 +35,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
 #: as http.client.parse_headers: longest header line, most header lines
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
+#: an RFC 9110 token, what a field name must be
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def read_headers(fp) -> pywsgi.OldMessage:
@@ -62,7 +65,9 @@ def read_headers(fp) -> pywsgi.OldMessage:
             message._headers[-1] = (name, value + " " + text.strip())
             continue
         name, colon, value = text.partition(":")
-        if not colon or not name or name != name.strip():
+        if not colon or not HEADER_NAME.match(name):
+            # RFC 9110 field names are tokens: a space, NUL or control character in one is a
+            # malformed request (400, as gunicorn answers), not a header to pass on
             message.status = "Invalid header line"
             return message
         message._headers.append((name, value.lstrip(" \t").rstrip("\r\n")))

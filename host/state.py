@@ -11,9 +11,9 @@ from typing import Optional
 from host.clock import Clock
 from host.errors import NotFound
 from host.events import EventLog
-from host.store import Store
+from host.store import Snapshot, Store
 from host.types import (ACTIVE_STATES, EVENT_FOR_STATE, FINAL_STATES, STARTING, ActiveJob, Event,
-                        HostResources, Job, active_job_from_dict, can_transition)
+                        HostResources, Job, can_transition)
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,14 @@ class JobTable:
         self._next_seq = 1
 
     @classmethod
-    def load(cls, host_id: str, store: Store, clock: Clock, event_capacity: int) -> "JobTable":
-        """The table as persisted, with the event log resuming at the last cursor."""
-        backlog = [Event(**e) for e in store.load_events()]
-        last = backlog[-1].cursor if backlog else 0
+    def load(cls, host_id: str, store: Store, snapshot: Snapshot, clock: Clock,
+             event_capacity: int, cursor_floor: int = 0) -> "JobTable":
+        """The table as persisted (`snapshot`, read from `store`), with the event log resuming
+        at the last cursor (or above `cursor_floor`, where a lost table left the cursors)."""
+        backlog = snapshot.events
+        last = backlog[-1].cursor if backlog else cursor_floor
         table = cls(host_id, store, EventLog(event_capacity, last, backlog), clock)
-        for seq, data in store.load_jobs():
-            job = active_job_from_dict(data)
+        for seq, job in snapshot.jobs:
             table._jobs[job.id] = job
             table._seq[job.id] = seq
             table._next_seq = seq + 1

@@ -1,37 +1,91 @@
-"""Durable local state in the state dir: the job table and the recent events (stdlib sqlite3).
+"""Durable local state in the state dir: the job table, the recent events, and a few facts about
+the state dir itself (stdlib sqlite3).
 
 A job's new state and the event announcing it are written in one transaction, so after a crash the
 table and the event log agree, and event cursors keep increasing across restarts.
 SQLite calls do not yield to other greenlets; they are short local writes (WAL, synchronous=NORMAL).
+The file holds every job's environment: it is created readable by its owner only.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import dataclass, field
 from typing import Optional
 
 import simplejson
 
+from host.types import Event, active_job_from_dict
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+#: file mode of the job table (and of SQLite's -wal and -shm files, which copy it)
+PRIVATE_MODE = 0o600
+
+
+class StoreDamaged(Exception):
+    """The file is not a readable job table (not a database, truncated, rows that do not parse).
+    The state dir sets it aside and starts a new one."""
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything a store holds, read once at start-up."""
+    jobs: list = field(default_factory=list)      # [(seq, ActiveJob)] oldest first
+    events: list = field(default_factory=list)    # [Event] oldest first, the newest events_kept
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.jobs or self.events or self.meta)
 
 
 class Store:
     def __init__(self, path: str, events_kept: int):
+        """Open (or create) the store at `path`. Raises StoreDamaged."""
         self.path = path
         self.events_kept = events_kept
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
         self._writes = 0
+        _create_private(path)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreDamaged(f"cannot open: {e}") from e
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+            if problems == ["ok"]:
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            problems = [str(e)]
+        if problems != ["ok"]:
+            self._db.close()
+            raise StoreDamaged("; ".join(problems[:3]))
+        for companion in (path + "-wal", path + "-shm"):
+            _tighten(companion)
 
-    @classmethod
-    def in_dir(cls, state_dir: str, events_kept: int) -> "Store":
-        os.makedirs(state_dir, exist_ok=True)
-        return cls(os.path.join(state_dir, "jobs.sqlite3"), events_kept)
+    def load(self) -> Snapshot:
+        """Everything in the store, checked. Raises StoreDamaged when anything does not read."""
+        try:
+            jobs = [(seq, active_job_from_dict(simplejson.loads(data))) for seq, data in
+                    self._db.execute("SELECT seq, data FROM jobs ORDER BY seq")]
+            rows = self._db.execute("SELECT data FROM events ORDER BY cursor DESC LIMIT ?",
+                                    (self.events_kept,)).fetchall()
+            events = [Event(**simplejson.loads(data)) for (data,) in reversed(rows)]
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as e:
+            raise StoreDamaged(f"unreadable contents: {e!r}") from e
+        return Snapshot(jobs, events, meta)
+
+    def set_meta(self, key: str, value: str):
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (key, value))
 
     def save(self, seq: int, job: dict, event: Optional[dict] = None):
         """Write one job (and the event about it) atomically. `seq` orders jobs by creation."""
@@ -50,22 +104,26 @@ class Store:
         with self._transaction():
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def load_jobs(self) -> list:
-        """[(seq, job dict)] oldest first."""
-        rows = self._db.execute("SELECT seq, data FROM jobs ORDER BY seq").fetchall()
-        return [(seq, simplejson.loads(data)) for seq, data in rows]
-
-    def load_events(self) -> list:
-        """The newest `events_kept` events, oldest first."""
-        rows = self._db.execute("SELECT data FROM events ORDER BY cursor DESC LIMIT ?",
-                                (self.events_kept,)).fetchall()
-        return [simplejson.loads(data) for (data,) in reversed(rows)]
-
     def _transaction(self):
         return _Transaction(self._db)
 
     def close(self):
         self._db.close()
+
+
+def _create_private(path: str):
+    """Create the file owner-only before SQLite does (it would use the umask), and tighten one
+    an older version created."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_MODE))
+    _tighten(path)
+
+
+def _tighten(path: str):
+    try:
+        if os.stat(path).st_mode & 0o777 != PRIVATE_MODE:
+            os.chmod(path, PRIVATE_MODE)
+    except FileNotFoundError:
+        pass
 
 
 class _Transaction:

@@ -11,21 +11,17 @@ import logging
 from typing import Callable, Optional
 
 import gevent
-import simplejson
 
 from host import errors
 from host.clock import Clock
 from host.errors import Conflict
 from host.ports import PortAllocator
-from host.runtime import (LABEL_HOST_ID, LABEL_JOB_ID, LABEL_JOB_SPEC, ContainerSpec,
-                          ContainerState, Runtime, RuntimeEvent)
+from host.retry import Backoff
+from host.runtime import ContainerSpec, ContainerState, Runtime, RuntimeEvent, labels
 from host.state import JobTable
-from host.types import (CRASHED, DONE, FAILED, RUNNING, STARTING, ActiveJob, HostResources, Job,
-                        PortBinding, job_from_dict)
+from host.types import CRASHED, DONE, FAILED, RUNNING, STARTING, ActiveJob, HostResources, Job
 
 log = logging.getLogger(__name__)
-
-LABEL_PORTS = "flynn-host.ports"
 
 
 class AttachSlot:
@@ -41,15 +37,13 @@ class AttachSlot:
 class JobSupervisor:
     #: seconds a start keeps retrying while Docker is unreachable before the job is failed
     start_retry_s = 60.0
-    #: seconds between reconnect attempts of the event stream, growing to the max
-    reconnect_min_s = 0.2
-    reconnect_max_s = 5.0
     #: seconds a created container waits for its attach before it is started anyway
     attach_wait_s = 30.0
 
     def __init__(self, *, host_id: str, external_ip: str, bind_ip: str, capacity: HostResources,
                  retain_ended: int, runtime: Runtime, table: JobTable, ports: PortAllocator,
-                 clock: Clock, spawn: Callable):
+                 clock: Clock, spawn: Callable,
+                 on_forgotten: Optional[Callable[[ActiveJob], None]] = None):
         self.host_id = host_id
         self.external_ip = external_ip
         self.bind_ip = bind_ip
@@ -60,6 +54,7 @@ class JobSupervisor:
         self.ports = ports
         self.clock = clock
         self._spawn = spawn           # runs a background task in the agent's bounded pool
+        self._on_forgotten = on_forgotten  # told of each ended job retention drops
         self._last_event_nanos: Optional[int] = None
         self.events_connected = False
         self._starting = set()        # ids with a _start in progress, so none runs twice
@@ -68,29 +63,49 @@ class JobSupervisor:
 
     @property
     def our_labels(self) -> dict:
-        return {LABEL_HOST_ID: self.host_id}
+        return labels.host_filter(self.host_id)
 
     # ---- requests from the API ------------------------------------------------------------
 
     def submit(self, job: Job) -> tuple:
         """Accept a job: (ActiveJob, created). Idempotent by id; a different spec under a known id
         is a Conflict, as is a job that does not fit. Nothing is recorded unless it is accepted."""
-        existing = self.table.find(job.id)
+        existing = self._known(job)
         if existing is not None:
-            if existing.job.same_spec(job):
-                return existing, False
-            raise Conflict(f"job {job.id!r} exists with a different spec")
-        self._check_fits(job)
+            return existing, False
         # 503 now beats accepting a job we cannot start or track. The ping also catches an
         # engine gone a moment ago, before the event follower noticed.
         if not self.events_connected:
             raise errors.Unavailable("Docker is unreachable (not following its events); "
                                      "retry shortly")
-        self.runtime.ping()
+        self.runtime.ping()  # yields to other greenlets: everything below must not
+        # From here to the record nothing yields, so the check and the reservation are one step
+        # for concurrent requests: none can over-commit the host or take the same id or port.
+        existing = self._known(job)
+        if existing is not None:
+            return existing, False
+        self._check_fits(job)
         bindings = self.ports.reserve(job.config.ports)
         active = self.table.add(job, bindings)
         self._spawn(self._start, job.id)
         return active, True
+
+    def _known(self, job: Job) -> Optional[ActiveJob]:
+        existing = self.table.find(job.id)
+        if existing is not None and not existing.job.same_spec(job):
+            raise Conflict(f"job {job.id!r} exists with a different spec")
+        return existing
+
+    def refuse(self, job: Job, reason: str) -> Optional[ActiveJob]:
+        """Record a job the cluster assigned here that this host cannot take (it does not fit,
+        a port is taken) as failed with the reason, so that the cluster sees it (an `error`
+        event, `failed` in the host's job list) instead of a job that silently never runs.
+        A job already known under that id is left as it is (None)."""
+        if self.table.find(job.id) is not None:
+            return None
+        self.table.add(job)
+        self._finish(job.id, FAILED, error=f"refused by host {self.host_id}: {reason}")
+        return self.table.get(job.id)
 
     def _check_fits(self, job: Job):
         used = self.table.allocated()
@@ -136,15 +151,13 @@ class JobSupervisor:
             env[f"PORT_{index}"] = str(binding.container_port)
         env.update(dict(job.config.env))  # the spec wins
         return ContainerSpec(
-            name=f"flynn-{self.host_id}-{job.id}",
+            name=labels.container_name(self.host_id, job.id),
             image=job.config.image,
             cmd=list(job.config.cmd) if job.config.cmd is not None else None,
             entrypoint=list(job.config.entrypoint) if job.config.entrypoint is not None else None,
             env=env, working_dir=job.config.working_dir, user=job.config.user,
             tty=job.config.tty, stdin=job.config.stdin,
-            labels={LABEL_HOST_ID: self.host_id, LABEL_JOB_ID: job.id,
-                    LABEL_JOB_SPEC: simplejson.dumps(job.to_dict()),
-                    LABEL_PORTS: simplejson.dumps([p.to_dict() for p in active.ports])},
+            labels=labels.job_labels(self.host_id, job, active.ports),
             memory_mb=job.resources.memory_mb, cpu_shares=job.resources.cpu_shares,
             ports=active.ports, bind_ip=self.bind_ip,
         )
@@ -161,20 +174,19 @@ class JobSupervisor:
 
     def _start_with_retries(self, job_id: str):
         deadline = self.clock.monotonic() + self.start_retry_s
-        delay = self.reconnect_min_s
+        backoff = Backoff(f"job {job_id}: starting", log)
         while True:
             try:
                 self._create_and_start(job_id)
+                backoff.succeeded()
                 return
             except errors.RuntimeUnavailable as e:
                 if self.clock.monotonic() >= deadline:
-                    self._fail(job_id, str(e))
+                    self._finish(job_id, FAILED, error=str(e))
                     return
-                log.warning("job %s: Docker unreachable, retrying the start: %s", job_id, e)
-                gevent.sleep(delay)
-                delay = min(delay * 2, self.reconnect_max_s)
+                backoff.failed(e)
             except (errors.ImageNotFound, errors.RuntimeFailure, errors.ContainerNotFound) as e:
-                self._fail(job_id, str(e))
+                self._finish(job_id, FAILED, error=str(e))
                 return
 
     def _create_and_start(self, job_id: str):
@@ -240,20 +252,19 @@ class JobSupervisor:
     def _ended_by_stop_request(self, active: ActiveJob) -> bool:
         """A DELETE that arrived before the container started ends the job here."""
         if active.stop_requested:
-            self._end_unstarted(active.id, "stopped before it started")
+            self._finish(active.id, CRASHED, error="stopped before it started")
         return active.stop_requested
 
-    def _fail(self, job_id: str, error: str):
+    def _finish(self, job_id: str, status: str, **fields) -> bool:
+        """The one way a job reaches a final state: record it (unless it is final already),
+        free its ports, and let retention drop the oldest ended jobs."""
         job = self.table.get(job_id)
-        if self.table.transition(job_id, FAILED, error=error, ended_at=self.clock.now_text()):
-            self.ports.release(job.ports)
-            self._spawn(self.prune_ended)
-
-    def _end_unstarted(self, job_id: str, why: str):
-        job = self.table.get(job_id)
-        if self.table.transition(job_id, CRASHED, error=why, ended_at=self.clock.now_text()):
-            self.ports.release(job.ports)
-            self._spawn(self.prune_ended)
+        fields.setdefault("ended_at", self.clock.now_text())
+        if not self.table.transition(job_id, status, **fields):
+            return False
+        self.ports.release(job.ports)
+        self._spawn(self.prune_ended)
+        return True
 
     # ---- stopping --------------------------------------------------------------------------
 
@@ -263,13 +274,13 @@ class JobSupervisor:
             self.runtime.stop(job.container_id, timeout_s)
             state = self.runtime.inspect(job.container_id)
         except errors.ContainerNotFound:
-            self._end_unstarted(job_id, "container removed")
+            self._finish(job_id, CRASHED, error="container removed")
             return
         except errors.FlynnError as e:
             log.warning("job %s: stop failed: %s", job_id, e)
             return
         if not state.running and state.started_at is None:
-            self._end_unstarted(job_id, "stopped before it started")  # no die event will come
+            self._finish(job_id, CRASHED, error="stopped before it started")  # no die event
         elif not state.running:
             self._record_exit(job_id, state)  # normally the die event got here first
 
@@ -278,25 +289,22 @@ class JobSupervisor:
     def follow_runtime_events(self):
         """Run forever: apply the runtime's events; on a broken stream, reconnect (resuming from
         the last event's time) and reconcile, since events may have been missed meanwhile."""
-        delay = self.reconnect_min_s
+        backoff = Backoff("Docker event stream", log)
         while True:
             try:
                 stream = self.runtime.events(self.our_labels, self._last_event_nanos)
                 self.events_connected = True
                 self.reconcile()
-                delay = self.reconnect_min_s
+                backoff.succeeded()
                 for event in stream:
                     self._last_event_nanos = event.time_nanos or self._last_event_nanos
                     self.apply_event(event)
             except errors.RuntimeUnavailable as e:
-                if self.events_connected:
-                    log.warning("Docker event stream lost: %s; reconnecting", e)
                 self.events_connected = False
-                gevent.sleep(delay)
-                delay = min(delay * 2, self.reconnect_max_s)
+                backoff.failed(e)
 
     def apply_event(self, event: RuntimeEvent):
-        job_id = event.labels.get(LABEL_JOB_ID)
+        job_id = event.labels.get(labels.LABEL_JOB_ID)
         job = self.table.find(job_id) if job_id else None
         if job is None or job.is_final:
             return
@@ -308,7 +316,7 @@ class JobSupervisor:
         try:
             state = self.runtime.inspect(event.container_id)
         except errors.ContainerNotFound:
-            self._end_unstarted(job_id, "container removed outside flynn-host")
+            self._finish(job_id, CRASHED, error="container removed outside flynn-host")
             return
         self._apply_container_state(job_id, state)
 
@@ -322,7 +330,7 @@ class JobSupervisor:
         elif state.started_at is not None:
             self._record_exit(job_id, state)
         elif state.error:
-            self._fail(job_id, state.error)
+            self._finish(job_id, FAILED, error=state.error)
 
     def _record_exit(self, job_id: str, state: ContainerState):
         job = self.table.get(job_id)
@@ -333,11 +341,9 @@ class JobSupervisor:
         started = job.started_at or state.started_at
         ended = max(state.finished_at or self.clock.now_text(), started or "")
         status = DONE if state.exit_code == 0 and not state.oom_killed else CRASHED
-        if self.table.transition(job_id, status, exit_status=state.exit_code,
-                                 error="oom" if state.oom_killed else None,
-                                 started_at=started, ended_at=ended, container_id=state.id):
-            self.ports.release(job.ports)
-            self._spawn(self.prune_ended)
+        self._finish(job_id, status, exit_status=state.exit_code,
+                     error="oom" if state.oom_killed else None, started_at=started,
+                     ended_at=ended, container_id=state.id)
 
     # ---- reconciliation -------------------------------------------------------------------
 
@@ -345,12 +351,13 @@ class JobSupervisor:
         """Make the table agree with the containers: after a restart of the agent, or after the
         event stream was lost. Jobs never created are started; containers whose table entry was
         lost are adopted from their labels."""
-        containers = {c.labels.get(LABEL_JOB_ID): c for c in self.runtime.list(self.our_labels)}
+        containers = {c.labels.get(labels.LABEL_JOB_ID): c
+                      for c in self.runtime.list(self.our_labels)}
         for job in self.table.active():
             container = containers.get(job.id)
             if container is None or (job.container_id and container.id != job.container_id):
                 if job.container_id:
-                    self._end_unstarted(job.id, "container disappeared while unobserved")
+                    self._finish(job.id, CRASHED, error="container disappeared while unobserved")
                 else:
                     log.info("job %s: resuming its start", job.id)
                     self._spawn(self._start, job.id)
@@ -365,11 +372,9 @@ class JobSupervisor:
 
     def _adopt(self, job_id: str, container: ContainerState):
         try:
-            job = job_from_dict(simplejson.loads(container.labels[LABEL_JOB_SPEC]))
-            ports = tuple(PortBinding(**p) for p in
-                          simplejson.loads(container.labels.get(LABEL_PORTS) or "[]"))
-        except (KeyError, ValueError, TypeError) as e:
-            log.warning("container %s: unreadable labels, not adopting: %s", container.id[:12], e)
+            job, ports = labels.job_from_labels(container.labels)
+        except ValueError as e:
+            log.warning("container %s: not adopting it: %s", container.id[:12], e)
             return
         log.info("job %s: adopting container %s found without a table entry", job_id,
                  container.id[:12])
@@ -387,9 +392,7 @@ class JobSupervisor:
             log.info("container %s: removing (-force)", container.id[:12])
             self.runtime.remove(container.id)
         for job in self.table.active():
-            self.table.transition(job.id, CRASHED, error="killed at agent start (-force)",
-                                  ended_at=self.clock.now_text())
-            self.ports.release(job.ports)
+            self._finish(job.id, CRASHED, error="killed at agent start (-force)")
 
     def prune_ended(self):
         """Keep the containers (and records) of the newest `retain_ended` ended jobs only."""
@@ -404,3 +407,5 @@ class JobSupervisor:
             if self.table.find(job.id) is not None:
                 self.table.forget(job.id)
                 log.debug("job %s: pruned (retention)", job.id)
+                if self._on_forgotten is not None:
+                    self._on_forgotten(job)

@@ -5,9 +5,14 @@ The JSON shapes are those of docs/API.md.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Optional
+
+# Records are dataclasses with slots: setting a misspelled field raises instead of quietly adding
+# an attribute nobody reads.
 
 # ---- job states ---------------------------------------------------------------------------------
 
@@ -61,7 +66,7 @@ def id_problem(value) -> Optional[str]:
 
 # ---- the job spec -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortSpec:
     """A port the job wants published. port 0 = allocate one from the host's range.
     container_port None = the same number as the host port (the job learns it from $PORT)."""
@@ -73,7 +78,7 @@ class PortSpec:
         return {"port": self.port, "proto": self.proto, "container_port": self.container_port}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobConfig:
     image: str
     cmd: Optional[tuple] = None
@@ -99,7 +104,7 @@ class JobConfig:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resources:
     memory_mb: int = 0    # 0 = no limit, not accounted
     cpu_shares: int = 0   # 0 = Docker's default weight, not accounted
@@ -108,7 +113,7 @@ class Resources:
         return {"memory_mb": self.memory_mb, "cpu_shares": self.cpu_shares}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     id: str
     config: JobConfig
@@ -126,10 +131,16 @@ class Job:
     def same_spec(self, other: "Job") -> bool:
         return self.to_dict() == other.to_dict()
 
+    def spec_digest(self) -> str:
+        """A digest of the whole spec: two jobs under one id are the same job only if their
+        digests are equal (the leader compares them without holding full specs)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
 
 # ---- a job on a host ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortBinding:
     port: int              # on the host
     container_port: int
@@ -139,7 +150,7 @@ class PortBinding:
         return {"port": self.port, "container_port": self.container_port, "proto": self.proto}
 
 
-@dataclass
+@dataclass(slots=True)
 class ActiveJob:
     """A job as this host runs it. Only host.state.JobTable changes one."""
     job: Job
@@ -179,7 +190,7 @@ class ActiveJob:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     cursor: int
     type: str            # "job" | "host"
@@ -195,13 +206,105 @@ class Event:
                 "time": self.time}
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class HostResources:
     memory_mb: int
     cpu_shares: int
 
     def to_dict(self) -> dict:
         return {"memory_mb": self.memory_mb, "cpu_shares": self.cpu_shares}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "HostResources":
+        d = d or {}
+        return cls(memory_mb=int(d.get("memory_mb", 0)), cpu_shares=int(d.get("cpu_shares", 0)))
+
+
+# ---- what a host publishes in its registration --------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as its host's heartbeat carries it: what the leader needs to place jobs and to report
+    them. The full spec stays on the host and in its assignment; `spec_digest` stands for it."""
+    id: str
+    status: str
+    image: str
+    spec_digest: str
+    ports: tuple = ()                  # PortBinding
+    resources: Resources = Resources()
+    exit_status: Optional[int] = None
+    error: Optional[str] = None
+    created_at: Optional[str] = None
+    started_at: Optional[str] = None
+    ended_at: Optional[str] = None
+
+    @classmethod
+    def of(cls, active: "ActiveJob") -> "JobSummary":
+        return cls(id=active.id, status=active.status, image=active.job.config.image,
+                   spec_digest=active.job.spec_digest(), ports=active.ports,
+                   resources=active.job.resources, exit_status=active.exit_status,
+                   error=active.error, created_at=active.created_at,
+                   started_at=active.started_at, ended_at=active.ended_at)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATES
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "status": self.status, "image": self.image,
+                "spec_digest": self.spec_digest, "ports": [p.to_dict() for p in self.ports],
+                "resources": self.resources.to_dict(), "exit_status": self.exit_status,
+                "error": self.error, "created_at": self.created_at,
+                "started_at": self.started_at, "ended_at": self.ended_at}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobSummary":
+        return cls(id=d["id"], status=d["status"], image=d.get("image", ""),
+                   spec_digest=d.get("spec_digest", ""),
+                   ports=tuple(PortBinding(**p) for p in d.get("ports") or ()),
+                   resources=Resources(**(d.get("resources") or {})),
+                   exit_status=d.get("exit_status"), error=d.get("error"),
+                   created_at=d.get("created_at"), started_at=d.get("started_at"),
+                   ended_at=d.get("ended_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    """The value of a host's registration: the Host of docs/API.md without `leader` (which the
+    leader adds when it serves the record)."""
+    id: str
+    addr: str
+    resources: HostResources
+    allocated: HostResources
+    jobs: tuple = ()                   # JobSummary, newest first
+    attributes: Optional[dict] = None
+    version: str = ""
+    registered_at: Optional[str] = None
+    #: the state dir this agent runs from (made once, kept in it): two agents that claim one
+    #: host id from different state dirs are two machines, not one restarted
+    state_id: str = ""
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "addr": self.addr, "version": self.version,
+                "attributes": dict(self.attributes or {}), "resources": self.resources.to_dict(),
+                "allocated": self.allocated.to_dict(), "jobs": [j.to_dict() for j in self.jobs],
+                "registered_at": self.registered_at, "state_id": self.state_id}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HostRecord":
+        """Raises KeyError, TypeError or ValueError when `d` is not a host record."""
+        if not isinstance(d, dict) or id_problem(d.get("id")):
+            raise ValueError("not a host record (no valid id)")
+        return cls(id=d["id"], addr=str(d.get("addr", "")),
+                   resources=HostResources.from_dict(d.get("resources")),
+                   allocated=HostResources.from_dict(d.get("allocated")),
+                   jobs=tuple(JobSummary.from_dict(j) for j in d.get("jobs") or ()),
+                   attributes=dict(d.get("attributes") or {}), version=str(d.get("version", "")),
+                   registered_at=d.get("registered_at"), state_id=str(d.get("state_id", "")))
+
+    def without_jobs(self) -> tuple:
+        """What a host update is about, apart from its jobs (and what they allocate)."""
+        return (self.addr, self.version, self.attributes, self.resources, self.registered_at)
 
 
 def job_from_dict(d: dict) -> Job:

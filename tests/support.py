@@ -19,7 +19,7 @@ import requests
 from host.agent import Agent
 from host.api import create_app
 from host.config import load_config
-from host.runtime import LABEL_HOST_ID
+from host.runtime.labels import LABEL_HOST_ID
 from host.runtime.docker import DockerRuntime
 from host.server import wsgi_server
 
@@ -104,6 +104,21 @@ class AgentClient:
         resp = self.get(f"/host/jobs/{job_id}")
         assert resp.status_code in (200, 404), resp.text
         return resp.json() if resp.status_code == 200 else {"status": None}
+
+    def wait_for_output(self, job_id, needle: bytes, timeout=15.0):
+        """Follow the job's log until `needle` appears: a job says it is ready (e.g. its shell
+        installed a trap) instead of the test sleeping and hoping."""
+        seen = b""
+        with gevent.Timeout(timeout, AssertionError(f"{needle!r} not in the output of {job_id} "
+                                                    f"within {timeout}s")):
+            with self.get(f"/host/jobs/{job_id}/log", params={"follow": "true"}, stream=True,
+                          timeout=timeout) as resp:
+                assert resp.status_code == 200, resp.text
+                for chunk in resp.iter_content(chunk_size=None):
+                    seen += chunk
+                    if needle in seen:
+                        return
+        raise AssertionError(f"{job_id} ended without printing {needle!r}: {seen!r}")
 
     def wait_status(self, job_id, statuses, timeout=30.0) -> dict:
         """Follow the agent's events until the job is in one of `statuses` (the job may arrive

@@ -6,7 +6,7 @@ import unittest
 import gevent
 import gevent.event
 
-from host.runtime import LABEL_HOST_ID
+from host.runtime.labels import LABEL_HOST_ID
 from host.runtime.fake import FakeRuntime
 from tests.support import InProcessAgent
 
@@ -159,7 +159,7 @@ class EngineOutageTest(FakeAgentTestCase):
         with self.assertLogs("host.supervisor", "WARNING") as logged:
             self.runtime.set_available(False)
             resp = self.client.put("/host/jobs/b", json=body())
-        self.assertIn("Docker event stream lost", logged.output[0])
+        self.assertIn("Docker event stream: fake event stream broke", logged.output[0])
         self.assertEqual(resp.status_code, 503)
         self.assertEqual(resp.json()["code"], "unavailable")
         self.assertIs(resp.json()["retry"], True)
@@ -172,15 +172,19 @@ class EngineOutageTest(FakeAgentTestCase):
         self.runtime.available = False
         gevent.sleep(0.3)
         self.assertEqual(self.client.job("a")["status"], "running")
-        self.runtime.set_available(True)
-        self.assertEqual(self.client.wait_status("a", "crashed")["exit_status"], 7)
+        with self.assertLogs("host.supervisor", "INFO") as logged:
+            self.runtime.set_available(True)
+            self.assertEqual(self.client.wait_status("a", "crashed")["exit_status"], 7)
+        self.assertTrue(any("Docker event stream: recovered after" in line
+                            for line in logged.output), logged.output)
         self.assertEqual(self.client.put("/host/jobs/b", json=body()).status_code, 202)
         self.client.wait_status("b", "running")
 
 
 class RestartTest(FakeAgentTestCase):
     def test_restart_readopts_and_records_exits_while_down(self):
-        keep = self.client.wait_status(self.client.put_job("keep", body())["job"]["id"], "running")
+        keep = self.client.wait_status(self.client.put_job(
+            "keep", body(config={"ports": [{"port": 0}]}))["job"]["id"], "running")
         gone = self.client.wait_status(self.client.put_job("gone", body())["job"]["id"], "running")
         cursor = self.client.get("/host/events").json()["cursor"]
         self.host.stop()
@@ -197,10 +201,12 @@ class RestartTest(FakeAgentTestCase):
         events = self.client.get("/host/events", params={"since": cursor}).json()["events"]
         self.assertEqual([(e["cursor"], e["job_id"], e["event"]) for e in events],
                          [(cursor + 1, "gone", "stop")])
-        # ports of the running job are still held
+        # the port of the re-adopted running job is still held; the ended job's is free
+        self.assertEqual(len(again["ports"]), 1)
         port_job = self.client.put("/host/jobs/x", json=body(
             config={"ports": [{"port": p["port"]} for p in again["ports"]]}))
-        self.assertEqual(port_job.status_code, 202)
+        self.assertEqual((port_job.status_code, port_job.json()["code"]), (409, "conflict"))
+        self.assertIn(f"port {again['ports'][0]['port']}/tcp", port_job.json()["message"])
 
     def test_lost_table_is_rebuilt_from_labels(self):
         job = self.client.wait_status(self.client.put_job(

@@ -39,12 +39,15 @@ class AttachTest(DockerAgentTestCase):
         self.assertEqual((out["stdout"], kind, message["status"]), (b"quick\n", "exit", 0))
 
     def test_signal_through_the_attach_and_bad_requests(self):
-        body = job_body(["sh", "-c", "trap 'echo got-int; exit 0' INT; "
+        body = job_body(["sh", "-c", "trap 'echo got-int; exit 0' INT; echo ready; "
                                      "while :; do sleep 0.1; done"])
+        attachment = HostClient(self.client.url).attach("att-sig")  # before the job exists
         self.client.put_job("att-sig", body)
-        self.client.wait_status("att-sig", "running")
-        gevent.sleep(0.3)  # the shell installs its trap right after exec
-        attachment = HostClient(self.client.url).attach("att-sig")
+        ready = b""
+        while ready != b"ready\n":  # the trap is installed
+            kind, data = attachment.receive(timeout_s=30)
+            self.assertEqual(kind, "stdout")
+            ready += data
         attachment.signal("INT")
         out, kind, message = self.collect(attachment)
         self.assertEqual((out["stdout"], kind, message["status"]), (b"got-int\n", "exit", 0))

@@ -135,7 +135,8 @@ class CliTest(DockerAgentTestCase):
                  "not a job id"}
         for argv, fragment in cases.items():
             with self.subTest(argv=argv):
-                result = cli(*argv, "-H", self.addr)
+                # -H right after the command: after `run`'s IMAGE it would be the job's command
+                result = cli(argv[0], "-H", self.addr, *argv[1:])
                 self.assertEqual(result.returncode, 2, result.stderr)
                 self.assertIn(fragment, result.stderr.strip().splitlines()[-1])
                 self.assertNotIn("Traceback", result.stderr)
@@ -151,8 +152,11 @@ class CliTest(DockerAgentTestCase):
                      ("signal", "x", "HUP"), ("status",), ("leader",), ("hosts",),
                      ("events",), ("run", "-d", "img"), ("attach", "x")):
             with self.subTest(argv=argv):
-                result = cli(*argv, "-H", nowhere)
+                # -H right after the command: after `run`'s IMAGE it would be the job's command
+                # (and the test would pass only because nothing listens on the default address)
+                result = cli(argv[0], "-H", nowhere, *argv[1:])
                 self.assertEqual(result.returncode, 3, result.stderr)
+                self.assertIn(nowhere, result.stderr)
                 self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
                 self.assertNotIn("Traceback", result.stderr)
 

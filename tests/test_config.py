@@ -1,15 +1,12 @@
 """Configuration: declared once, flags and environment, validated, frozen."""
 import ipaddress
-import os
 import socket
 import subprocess
 import sys
 import tempfile
 import unittest
 
-from host.agent import load_or_create_host_id
 from host.config import ConfigError, HelpRequested, guess_external_ip, load_config, parse_flags
-from host.types import id_problem
 from tests.support import FLYNN_HOST
 
 
@@ -135,11 +132,3 @@ class DaemonStartFailureTest(unittest.TestCase):
 class MachineDefaultsTest(unittest.TestCase):
     def test_external_ip_guess_is_an_address(self):
         ipaddress.ip_address(guess_external_ip())
-
-    def test_host_id_is_derived_once_and_kept(self):
-        state = tempfile.mkdtemp()
-        first = load_or_create_host_id(state)
-        self.assertIsNone(id_problem(first))
-        with open(os.path.join(state, "host-id"), "w") as f:
-            f.write("kept-id\n")  # e.g. the hostname changed since: the kept id wins
-        self.assertEqual(load_or_create_host_id(state), "kept-id")

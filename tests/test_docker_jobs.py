@@ -137,9 +137,9 @@ class DockerJobsTest(DockerAgentTestCase):
 
     def test_signal_reaches_the_job(self):
         self.client.put_job("hup", job_body(
-            ["sh", "-c", "trap 'echo got-hup; exit 0' HUP; while :; do sleep 0.1; done"]))
-        self.client.wait_status("hup", "running")
-        gevent.sleep(0.3)  # the shell installs its trap right after exec
+            ["sh", "-c", "trap 'echo got-hup; exit 0' HUP; echo ready; "
+                         "while :; do sleep 0.1; done"]))
+        self.client.wait_for_output("hup", b"ready\n")  # the trap is installed
         resp = self.client.post("/host/jobs/hup/signal", json={"signal": "HUP"})
         self.assertEqual(resp.status_code, 202, resp.text)
         self.client.wait_status("hup", "done")

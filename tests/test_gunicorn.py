@@ -22,7 +22,9 @@ class GunicornTest(unittest.TestCase):
         self.state_dir = tempfile.mkdtemp(prefix="flynn-gunicorn-")
         self.port = free_port()
         env = dict(os.environ, FLYNN_HOST_ID=self.host_id, FLYNN_HOST_STATE_DIR=self.state_dir,
-                   FLYNN_HOST_EXTERNAL="127.0.0.1", FLYNN_HOST_ATTRIBUTE="served=gunicorn")
+                   FLYNN_HOST_EXTERNAL="127.0.0.1", FLYNN_HOST_ATTRIBUTE="served=gunicorn",
+                   # a cluster of its own: each test's agent is a new state dir under one id
+                   FLYNN_ETCD_PREFIX=f"/flynn-test/{self.host_id}-{self._testMethodName}")
         self.log = open(os.path.join(self.state_dir, "gunicorn.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",

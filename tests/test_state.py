@@ -7,7 +7,7 @@ from host.clock import FakeClock
 from host.errors import NotFound
 from host.jobspec import parse_job
 from host.state import JobTable
-from host.store import Store
+from host.statedir import open_state
 from host.types import CRASHED, DONE, FAILED, RUNNING, STARTING, PortBinding
 
 
@@ -15,21 +15,26 @@ def job(job_id, **resources):
     return parse_job({"config": {"image": "busybox"}, "resources": resources}, job_id)
 
 
+def open_table(state_dir: str, clock) -> tuple:
+    """(LocalState, JobTable) as an agent opens them."""
+    local = open_state(state_dir, "h1", events_kept=100)
+    return local, JobTable.load("h1", local.store, local.snapshot, clock, 100, local.cursor_floor)
+
+
 class JobTableTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp()
         self.clock = FakeClock()
-        self.store = Store.in_dir(self.dir, events_kept=100)
-        self.table = JobTable.load("h1", self.store, self.clock, 100)
+        self.local, self.table = open_table(self.dir, self.clock)
 
     def tearDown(self):
-        self.store.close()
+        self.local.close()
         shutil.rmtree(self.dir)
 
     def reload(self):
-        self.store.close()
-        self.store = Store.in_dir(self.dir, events_kept=100)
-        return JobTable.load("h1", self.store, self.clock, 100)
+        self.local.close()
+        self.local, table = open_table(self.dir, self.clock)
+        return table
 
     def test_add_publishes_create_with_timestamp(self):
         active = self.table.add(job("a"), (PortBinding(49152, 49152, "tcp"),))

@@ -16,11 +16,11 @@ import simplejson
 from wsproto.utilities import RemoteProtocolError
 
 from host import errors
-from host.api.http import int_param
+from host.api.http import checked_id, int_param
 from host.api.host import parse_signal
 from host.runtime import STDERR, STDOUT
 from host.server import UPGRADED
-from host.types import FINAL_STATES, RUNNING, id_problem
+from host.types import FINAL_STATES, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,7 @@ def install(app: bottle.Bottle, agent):
         environ = bottle.request.environ
         if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
             raise errors.ValidationError("attach needs a WebSocket upgrade (RFC 6455)")
-        problem = id_problem(job_id)
-        if problem:
-            raise errors.ValidationError(f"job id: {problem}")
+        checked_id("job id", job_id)
         query = bottle.request.query
         size = (int_param(query, "height", None, 1, 9999), int_param(query, "width", None, 1, 9999))
         slot = agent.supervisor.reserve_attach(job_id)
@@ -121,7 +119,7 @@ def _control(agent, job_id: str, slot, attachment, text: str):
     try:
         message = simplejson.loads(text)
         kind = message["type"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise errors.ValidationError(f"attach: not a control message: {text[:100]!r}")
     if kind == "eof":
         attachment.close_stdin()

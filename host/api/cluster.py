@@ -9,7 +9,7 @@ import bottle
 
 from host import client
 from host.api.events import MAX_WAIT_S, events_response
-from host.api.http import bool_param, float_param, json_body, read_json
+from host.api.http import bool_param, checked_id, float_param, json_body, read_json
 from host.errors import NotFound, NotLeader
 
 
@@ -44,7 +44,7 @@ def install(app: bottle.Bottle, agent):
         return wrapper
 
     def host_entry(registered) -> dict:
-        return dict(registered.record, leader=registered.id == view.leader().id)
+        return dict(registered.record.to_dict(), leader=registered.id == view.leader().id)
 
     @app.get("/cluster/leader")
     def leader():
@@ -69,11 +69,14 @@ def install(app: bottle.Bottle, agent):
     @app.delete("/cluster/hosts/<host_id>/jobs/<job_id>")
     @leader_only
     def stop_job(host_id, job_id):
+        # the job id goes into the forwarded URL: checked, and quoted, so that it cannot add a
+        # query or a path of its own
+        checked_id("job id", job_id)
         registered = view.hosts.get(host_id)
         if registered is None:
             raise NotFound(f"no host {host_id!r} in the cluster")
         request = bottle.request
-        answer = client.forward(registered.addr, "DELETE", f"/host/jobs/{job_id}",
+        answer = client.forward(registered.addr, "DELETE", client.route_path("host", "jobs", job_id),
                                 request.query_string, b"", "")
         return bottle.HTTPResponse(answer.content, answer.status_code, headers={
             "Content-Type": answer.headers.get("Content-Type", "application/json")})

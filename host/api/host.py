@@ -7,11 +7,12 @@ import bottle
 
 from host import errors
 from host.api.events import events_response
-from host.api.http import bool_param, choice_param, float_param, int_param, json_body, read_json
+from host.api.http import (bool_param, checked_id, choice_param, float_param, int_param,
+                           json_body, read_json)
 from host.errors import ValidationError
 from host.jobspec import parse_job
 from host.runtime import STDERR, STDOUT
-from host.types import ALL_STATES, id_problem
+from host.types import ALL_STATES
 
 #: longest a stop may wait before SIGKILL, seconds
 MAX_STOP_TIMEOUT_S = 3600.0
@@ -20,12 +21,6 @@ MAX_STOP_TIMEOUT_S = 3600.0
 def install(app: bottle.Bottle, agent):
     table = agent.table
     supervisor = agent.supervisor
-
-    def checked_id(job_id: str) -> str:
-        problem = id_problem(job_id)
-        if problem:
-            raise ValidationError(f"job id: {problem}")
-        return job_id
 
     @app.get("/host/status")
     def status():
@@ -91,7 +86,7 @@ def install(app: bottle.Bottle, agent):
     # an id with a slash never reaches the routes above; name the problem instead of "no route"
     @app.put("/host/jobs/<job_id:path>")
     def put_job(job_id):
-        job = parse_job(read_json(agent.config.max_body_bytes), checked_id(job_id))
+        job = parse_job(read_json(agent.config.max_body_bytes), checked_id("job id", job_id))
         active, created = supervisor.submit(job)
         return json_body(active.to_dict(), status=202 if created else 200)
 

@@ -8,6 +8,7 @@ import bottle
 import simplejson
 
 from host.errors import FlynnError, InternalError, TooLarge, ValidationError
+from host.types import id_problem
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,16 @@ def read_json(max_bytes: int):
         return simplejson.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ValidationError(f"body: not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValidationError("body: JSON nested too deeply") from None
+
+
+def checked_id(what: str, value: str) -> str:
+    """`value` if it is a valid id, else a ValidationError naming `what`."""
+    problem = id_problem(value)
+    if problem:
+        raise ValidationError(f"{what}: {problem}")
+    return value
 
 
 # ---- query parameters: `query` is a mapping of name -> last value (bottle.request.query) ------

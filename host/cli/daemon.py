@@ -13,7 +13,7 @@ import gevent.event
 from host.agent import build_agent
 from host.api import create_app
 from host.config import ConfigError, HelpRequested, load_config, usage
-from host.errors import FlynnError
+from host.errors import FatalError, FlynnError
 from host.logsetup import configure_logging
 from host.server import wsgi_server
 
@@ -47,9 +47,14 @@ def run(argv: list, environ=None) -> int:
 
     try:
         agent = build_agent(config)
-        agent.start()
-    except (FlynnError, OSError) as e:
+    except (FlynnError, FatalError, OSError) as e:
         print(f"flynn-host: cannot start: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        agent.start()
+    except (FlynnError, FatalError, OSError) as e:
+        print(f"flynn-host: cannot start: {e}", file=sys.stderr)
+        agent.stop()
         return EXIT_FAILURE
 
     host, port = config.listen
@@ -61,14 +66,23 @@ def run(argv: list, environ=None) -> int:
         return EXIT_FAILURE
 
     stop_requested = gevent.event.Event()
-    # signal handlers do one thing: ask for the stop
-    gevent.signal_handler(signal.SIGTERM, stop_requested.set)
-    gevent.signal_handler(signal.SIGINT, stop_requested.set)
+
+    def on_signal(signum):
+        # one thing per signal: the first asks for the stop, a second one (the operator does
+        # not want to wait) exits at once; jobs keep running either way
+        if stop_requested.is_set():
+            os._exit(128 + signum)
+        stop_requested.set()
+    gevent.signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
+    gevent.signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
     log.info("host %s serving on %s:%d", agent.host_id, host, port)
 
     gevent.wait([stop_requested, agent.crashed], count=1)
     crashed = agent.crashed.ready()
     log.info("stopping (%s)", "a service died" if crashed else "signal")
-    server.stop(timeout=2)
+    agent.leave_cluster()  # first: the cluster sees us go at once
+    server.stop(timeout=1)
     agent.stop()
+    if crashed and isinstance(agent.crashed.exception, FatalError):
+        print(f"flynn-host: {agent.crashed.exception}", file=sys.stderr)
     return EXIT_FAILURE if crashed else EXIT_OK

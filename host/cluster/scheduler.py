@@ -1,18 +1,28 @@
 """AddJobs on the leader: one greenlet takes requests one at a time, validates them against the
 mirror (all or nothing), places them, records them durably, and hands each job to its host.
 
-Durability and exactly-once: before answering, the accepted request is written to
-<prefix>/cluster/requests/<id>, then each job to <prefix>/cluster/assignments/<host>/<job>. A host
-starts an assigned job (idempotent by id) and deletes the assignment once its heartbeat shows the
-job. A leader that takes office first finishes every request an old leader recorded (writing its
-assignments again is harmless: the host's start is idempotent), so an acknowledged job runs
-exactly once even if the leader dies in the middle.
+Exactly once, even with a leader that dies or only believes it leads (paused, partitioned):
+1. before anything is recorded, the leader asks etcd's quorum whether its registration is still
+   the oldest (else 503 not_leader: the client retries at the new leader);
+2. the accepted request is written to <prefix>/cluster/requests/<id>;
+3. each new job id is claimed with a create-only key <prefix>/cluster/jobs/<job id> naming its
+   host and spec digest. etcd creates a key once, so two leaders can never place one job id
+   twice: the second finds the claim, and either answers where the job is (the same spec: a
+   retry) or 409 (another spec under that id);
+4. each job goes to <prefix>/cluster/assignments/<host>/<job id>. A host starts an assignment
+   only if the claim names it with the same spec (so an assignment no claim backs, from a
+   leader that lost its place, is ignored), and deletes it once its heartbeat shows the job;
+5. the request record is deleted, and the request answered.
+A request record left behind (the leader died, or etcd failed, midway) is replayed, claims and
+all, until it is complete: when a leader takes office, on every request, and every
+`replay_interval_s`. A replay is idempotent: claims tell where each job went.
 """
 from __future__ import annotations
 
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import gevent
 import gevent.event
@@ -21,13 +31,86 @@ import simplejson
 
 from host.clock import Clock
 from host.cluster.view import ClusterView, RegisteredHost
-from host.discovery.etcd import Records
-from host.errors import (Conflict, NoCapacity, NotFound, NotLeader, Unavailable,
+from host.discovery.etcd import Records, Registration
+from host.errors import (Conflict, FlynnError, NoCapacity, NotFound, NotLeader, Unavailable,
                          ValidationError)
 from host.jobspec import parse_job
-from host.types import ACTIVE_STATES, FINAL_STATES, Job, job_from_dict
+from host.retry import Backoff
+from host.types import FINAL_STATES, Job, job_from_dict
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who runs a job id, as etcd settled it: the value of <prefix>/cluster/jobs/<job id>."""
+    host_id: str
+    spec_digest: str
+    request_id: str
+
+    def dumps(self) -> str:
+        return simplejson.dumps({"host_id": self.host_id, "spec_digest": self.spec_digest,
+                                 "request_id": self.request_id})
+
+    @classmethod
+    def loads(cls, text: str) -> "Claim":
+        """Raises ValueError, KeyError or TypeError on a value that is not a claim."""
+        d = simplejson.loads(text)
+        return cls(str(d["host_id"]), str(d["spec_digest"]), str(d["request_id"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A job handed to a host: the value of <prefix>/cluster/assignments/<host>/<job id>."""
+    job: Job
+    leader_id: str
+    request_id: str
+
+    def dumps(self) -> str:
+        return simplejson.dumps({"job": self.job.to_dict(), "leader_id": self.leader_id,
+                                 "request_id": self.request_id})
+
+    @classmethod
+    def loads(cls, text: str) -> "Assignment":
+        """Raises ValueError, KeyError or TypeError (or ValidationError) on a bad value."""
+        d = simplejson.loads(text)
+        return cls(parse_job(d["job"]), str(d["leader_id"]), str(d["request_id"]))
+
+
+class ClaimRecords:
+    """The job id claims under <prefix>/cluster/jobs."""
+
+    def __init__(self, records: Records):
+        self.records = records
+
+    def claim(self, job_id: str, claim: Claim) -> Claim:
+        """Claim `job_id` for `claim.host_id`; the claim that holds it (ours, or an earlier
+        one: then the caller compares)."""
+        while True:
+            if self.records.create(job_id, claim.dumps()):
+                return claim
+            existing = self.get(job_id)
+            if existing is not None:
+                return existing
+            # released between our create and our read: try again
+
+    def get(self, job_id: str) -> Optional[Claim]:
+        record = self.records.get(job_id)
+        if record is None:
+            return None
+        try:
+            return Claim.loads(record.value)
+        except (ValueError, KeyError, TypeError):
+            log.error("claim of job %s is unreadable (%r); treating it as absent", job_id,
+                      record.value)
+            return None
+
+    def release(self, job_id: str, claim: Claim) -> bool:
+        """Delete the claim if it is still `claim` (compare-and-delete)."""
+        record = self.records.get(job_id)
+        if record is None or record.value != claim.dumps():
+            return False
+        return self.records.delete(job_id, prev_index=record.modified_index)
 
 
 @dataclass
@@ -42,11 +125,10 @@ class Capacity:
     @classmethod
     def of(cls, host: RegisteredHost) -> "Capacity":
         record = host.record
-        total, used = record.get("resources", {}), record.get("allocated", {})
-        active = [j for j in record.get("jobs", []) if j.get("status") in ACTIVE_STATES]
-        ports = {(p["port"], p["proto"]) for j in active for p in j.get("ports", [])}
-        return cls(host, total.get("memory_mb", 0) - used.get("memory_mb", 0),
-                   total.get("cpu_shares", 0) - used.get("cpu_shares", 0), ports, len(active))
+        active = [j for j in record.jobs if j.is_active]
+        ports = {(p.port, p.proto) for j in active for p in j.ports}
+        return cls(host, record.resources.memory_mb - record.allocated.memory_mb,
+                   record.resources.cpu_shares - record.allocated.cpu_shares, ports, len(active))
 
     def shortfall(self, job: Job) -> str:
         """Why the job does not fit here ("" when it does)."""
@@ -71,25 +153,40 @@ class Capacity:
         """Least allocated first: the larger share of memory or CPU in use, then the number of
         jobs (jobs without reservations spread too), then the host id (a deterministic
         tie-break)."""
-        record = self.host.record.get("resources", {})
-        memory = 1 - self.memory_mb / record["memory_mb"] if record.get("memory_mb") else 0
-        cpu = 1 - self.cpu_shares / record["cpu_shares"] if record.get("cpu_shares") else 0
+        total = self.host.record.resources
+        memory = 1 - self.memory_mb / total.memory_mb if total.memory_mb else 0
+        cpu = 1 - self.cpu_shares / total.cpu_shares if total.cpu_shares else 0
         return max(memory, cpu), self.jobs, self.host.id
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A job assigned to a host whose heartbeat does not show it yet."""
+    host_id: str
+    job: Job
 
 
 class JobScheduler:
     #: seconds a request may wait in the queue and be processed before the caller gives up
     request_timeout_s = 30
+    #: seconds between two looks for request records left incomplete
+    replay_interval_s = 5.0
 
-    def __init__(self, view: ClusterView, requests: Records, assignments: Records,
-                 clock: Clock):
+    def __init__(self, view: ClusterView, requests: Records, claims: Records,
+                 assignments: Records, registration: Callable[[], Optional[Registration]],
+                 leads: Callable[[str, int], bool], clock: Clock):
+        """`registration()` is this agent's own registration (None while it has none);
+        `leads(host_id, created_index)` asks etcd's quorum whether that registration leads."""
         self.view = view
         self.requests = requests
+        self.claims = ClaimRecords(claims)
         self.assignments = assignments
+        self._registration = registration
+        self._leads = leads
         self.clock = clock
         self._queue = gevent.queue.Queue()
-        self.pending: dict = {}     # job id -> (host id, Job): assigned, not yet in the mirror
-        self._recovered_for = None  # the leader_since index we recovered requests for
+        self.pending: dict = {}     # job id -> Pending
+        self._term = None           # the leader_since index pending was rebuilt for
 
     # ---- the API side ------------------------------------------------------------------------
 
@@ -110,62 +207,132 @@ class JobScheduler:
     # ---- the one greenlet --------------------------------------------------------------------
 
     def run(self):
+        backoff = Backoff("replaying recorded requests", log)
         while True:
-            body, answer = self._queue.get()
-            if answer is None:
-                if self.view.is_leader:
-                    try:
-                        self.recover_requests()
-                    except Unavailable as e:
-                        log.warning("recovering requests: %s", e)
+            try:
+                body, answer = self._queue.get(timeout=self.replay_interval_s)
+            except gevent.queue.Empty:
+                body, answer = None, None
+            if answer is not None:
+                try:
+                    answer.set(self._process(body))
+                except Exception as e:  # the caller's greenlet re-raises it
+                    answer.set_exception(e)
+                continue
+            if not self.view.is_leader:
                 continue
             try:
-                answer.set(self._process(body))
-            except Exception as e:  # the caller's greenlet re-raises it
-                answer.set_exception(e)
+                self._take_office()
+                self.replay_requests()
+            except FlynnError as e:
+                backoff.failed(e, sleep=False)  # the next tick is the retry
+                continue
+            backoff.succeeded()
 
     def _process(self, body) -> dict:
         if not self.view.is_leader:
             raise NotLeader("this agent stopped being the leader", retry=True)
-        self.recover_requests()
+        self._take_office()
+        self.replay_requests()
         self._forget_mirrored()
         placements = self._validate_and_place(body)
-        request_id = uuid.uuid4().hex
-        record = {"id": request_id, "created_at": self.clock.now_text(),
-                  "jobs": [{"host_id": host_id, "job": job.to_dict()}
-                           for host_id, job, already_there in placements if not already_there]}
-        if record["jobs"]:
-            self.requests.put(request_id, simplejson.dumps(record))  # durable before any answer
-            self._assign(record)
+        new = [(host_id, job) for host_id, job, already_there in placements if not already_there]
+        placed = {job.id: host_id for host_id, job, _ in placements}
+        if new:
+            self._confirm_leadership()
+            request_id = uuid.uuid4().hex
+            record = {"id": request_id, "created_at": self.clock.now_text(),
+                      "leader_id": self.view.host_id,
+                      "jobs": [{"host_id": host_id, "job": job.to_dict()} for host_id, job in new]}
+            self.requests.put(request_id, simplejson.dumps(record))  # durable before claims
+            try:
+                claimed = self._claim(record, strict=True)
+            except Conflict:
+                self.requests.delete(request_id)
+                raise
+            self._assign(record, claimed)
             self.requests.delete(request_id)
-            log.info("request %s: %d job(s) assigned: %s", request_id, len(record["jobs"]),
-                     ", ".join(f"{p['job']['id']}@{p['host_id']}" for p in record["jobs"]))
-        return {"jobs": [{"host_id": host_id, "job_id": job.id} for host_id, job, _ in placements]}
+            placed.update({job_id: host_id for job_id, (host_id, _) in claimed.items()})
+            log.info("request %s: %d job(s) assigned: %s", request_id, len(claimed),
+                     ", ".join(f"{job_id}@{host_id}" for job_id, (host_id, _) in claimed.items()))
+        return {"jobs": [{"host_id": placed[job.id], "job_id": job.id}
+                         for _, job, _ in placements]}
 
-    def _assign(self, record: dict):
+    def _confirm_leadership(self):
+        """Fencing: etcd's quorum, not our view, says whether we still lead."""
+        mine = self._registration()
+        if mine is None or not self._leads(self.view.host_id, mine.created_index):
+            raise NotLeader("this agent is not the leader any more (its registration is not "
+                            "the oldest in etcd); retry: the request goes to the new leader",
+                            retry=True)
+
+    def _claim(self, record: dict, strict: bool) -> dict:
+        """Claim every job of a request record: {job id: (host id, Job)}, where each job runs.
+        A job id claimed with another spec is a Conflict when `strict` (a new request: our
+        own claims are released again, all or nothing); when replaying, that job is dropped
+        with an error in the log (whoever holds the id runs their job)."""
+        claimed = {}
         for item in record["jobs"]:
             job = job_from_dict(item["job"])
-            self.assignments.put(f"{item['host_id']}/{job.id}", simplejson.dumps(item["job"]))
-            self.pending[job.id] = (item["host_id"], job)
+            ours = Claim(item["host_id"], job.spec_digest(), record["id"])
+            holder = self.claims.claim(job.id, ours)
+            if holder.spec_digest == ours.spec_digest:
+                claimed[job.id] = (holder.host_id, job)
+                continue
+            if not strict:
+                log.error("request %s: job %s not placed: its id is claimed on host %s with "
+                          "another spec", record["id"], job.id, holder.host_id)
+                continue
+            for job_id, (host_id, placed_job) in claimed.items():
+                self.claims.release(job_id, Claim(host_id, placed_job.spec_digest(),
+                                                  record["id"]))
+            raise Conflict(f"job id {job.id!r} is already used on host {holder.host_id!r} "
+                           "with another spec")
+        return claimed
 
-    def recover_requests(self):
-        """Once per term: finish every request a previous leader recorded but may not have
-        handed out completely."""
-        if self._recovered_for == self.view.leader_since:
-            return
-        _, records = self.requests.read_dir()
+    def _assign(self, record: dict, claimed: dict):
+        for job_id, (host_id, job) in claimed.items():
+            assignment = Assignment(job, self.view.host_id, record["id"])
+            self.assignments.put(f"{host_id}/{job_id}", assignment.dumps())
+            self.pending[job_id] = Pending(host_id, job)
+
+    def replay_requests(self):
+        """Finish every request a leader recorded but did not complete (it died, or etcd
+        failed midway): claim, assign, then delete the record. Safe to repeat at any time."""
+        _, records = self.requests.read_dir(quorum=True)
         for stored in records:
-            record = simplejson.loads(stored.value)
-            log.info("request %s: finishing what the previous leader accepted", record["id"])
-            self._assign(record)
-            self.requests.delete(record["id"])
-        self._recovered_for = self.view.leader_since
+            try:
+                record = simplejson.loads(stored.value)
+                jobs = record["jobs"]
+            except (ValueError, KeyError, TypeError):
+                log.error("request record %s is unreadable; deleting it", stored.name)
+                self.requests.delete(stored.name, prev_index=stored.modified_index)
+                continue
+            log.info("request %s: finishing what a leader recorded (%d job(s))", record["id"],
+                     len(jobs))
+            self._assign(record, self._claim(record, strict=False))
+            self.requests.delete(stored.name, prev_index=stored.modified_index)
+
+    def _take_office(self):
+        """Once per term: jobs an earlier leader assigned that their hosts do not show yet
+        count as pending here too (their resources and ports are spoken for)."""
+        if self._term == self.view.leader_since:
+            return
+        _, records = self.assignments.read_dir(quorum=True)
+        pending = {}
+        for record in records:
+            host_id, _, job_id = record.name.partition("/")
+            try:
+                pending[job_id] = Pending(host_id, Assignment.loads(record.value).job)
+            except (ValueError, KeyError, TypeError, ValidationError):
+                continue  # its host drops it
+        self.pending, self._term = pending, self.view.leader_since
 
     def _forget_mirrored(self):
         """Pending jobs that their host now reports are the mirror's business."""
-        for job_id, (host_id, _) in list(self.pending.items()):
-            host = self.view.hosts.get(host_id)
-            if host is None or any(j["id"] == job_id for j in host.record.get("jobs", [])):
+        for job_id, pending in list(self.pending.items()):
+            host = self.view.hosts.get(pending.host_id)
+            if host is None or any(j.id == job_id for j in host.record.jobs):
                 del self.pending[job_id]
 
     # ---- validation and placement ----------------------------------------------------------
@@ -175,16 +342,14 @@ class JobScheduler:
         Nothing is placed unless everything fits."""
         explicit = self._parse(body)
         capacity = {h.id: Capacity.of(h) for h in self.view.hosts.values()}
-        for host_id, job in self.pending.values():
-            if host_id in capacity:
-                capacity[host_id].take(job)
-        existing = {j["id"]: (h.id, j) for h in self.view.hosts.values()
-                    for j in h.record.get("jobs", [])}
+        for pending in self.pending.values():
+            if pending.host_id in capacity:
+                capacity[pending.host_id].take(pending.job)
+        known = self.view.job_summaries()
         placements = []
         for target, job in explicit:
-            known = existing.get(job.id) or self._pending_summary(job.id)
-            if known is not None:
-                placements.append(self._same_job(job, target, *known))
+            if job.id in known or job.id in self.pending:
+                placements.append(self._same_job(job, target, *self._known(job.id, known)))
                 continue
             if target is None:
                 target = self._place(job, capacity)
@@ -198,23 +363,26 @@ class JobScheduler:
             placements.append((target, job, False))
         return placements
 
-    def _pending_summary(self, job_id: str):
-        if job_id not in self.pending:
-            return None
-        host_id, job = self.pending[job_id]
-        return host_id, {"id": job.id, "image": job.config.image,
-                         "resources": job.resources.to_dict(), "status": "starting"}
+    def _known(self, job_id: str, known: dict) -> tuple:
+        """(host id, spec digest, status) of a job id the cluster knows."""
+        if job_id in known:
+            host_id, summary = known[job_id]
+            return host_id, summary.spec_digest, summary.status
+        pending = self.pending[job_id]
+        return pending.host_id, pending.job.spec_digest(), "starting"
 
     @staticmethod
-    def _same_job(job: Job, target, host_id: str, summary: dict) -> tuple:
-        """A job id the cluster knows: the same job again is answered where it is (idempotent);
-        anything else under that id is a conflict."""
-        same = (summary.get("image") == job.config.image
-                and summary.get("resources") == job.resources.to_dict()
-                and target in (None, host_id)
-                and summary.get("status") not in FINAL_STATES)
-        if not same:
-            raise Conflict(f"job id {job.id!r} is already used on host {host_id!r}")
+    def _same_job(job: Job, target, host_id: str, digest: str, status: str) -> tuple:
+        """A job id the cluster knows: the same job (the whole spec) again is answered where it
+        is (idempotent); anything else under that id is a conflict."""
+        if digest != job.spec_digest():
+            raise Conflict(f"job id {job.id!r} is already used on host {host_id!r} with "
+                           "another spec")
+        if target not in (None, host_id):
+            raise Conflict(f"job {job.id!r} already runs on host {host_id!r}, not {target!r}")
+        if status in FINAL_STATES:
+            raise Conflict(f"job {job.id!r} already ran on host {host_id!r} and ended "
+                           f"({status}): a new job needs a new id")
         return host_id, job, True
 
     @staticmethod

@@ -1,8 +1,10 @@
 """Every agent's picture of the cluster, mirrored from discoverd's registrations in etcd.
 
 One greenlet reads the whole services directory, then follows a recursive watch from the read's
-index, applying each registration into a dict {host_id: RegisteredHost}. When etcd says the
-history was cleared, or etcd was unreachable, it reads everything again. The leader is the live
+index, applying each registration into a dict {host_id: RegisteredHost}. When etcd fails for a
+while (unreachable, or answering errors), the watch resumes from the last index seen, so followers
+of the cluster events notice nothing; only when etcd says that history was cleared does it read
+everything again (and cursors from before then get 410). The leader is the live
 registration with the lowest createdIndex: no other election. On the leader this dict is the
 cluster mirror the cluster API serves.
 
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
-import gevent
 import gevent.event
 import simplejson
 
@@ -26,7 +27,8 @@ from host import errors
 from host.clock import rfc3339
 from host.discovery.etcd import EtcdDiscovery, HostChange, IndexCleared, Registration
 from host.events import EventLog
-from host.types import ACTIVE_STATES, EVENT_FOR_STATE, Event
+from host.retry import Backoff
+from host.types import EVENT_FOR_STATE, Event, HostRecord
 
 #: cluster event cursors per etcd index: room for that many events from one change
 CURSOR_SCALE = 10000
@@ -34,23 +36,21 @@ CURSOR_SCALE = 10000
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RegisteredHost:
     id: str
     created_index: int
     modified_index: int
-    record: dict                 # the Host record the host published
+    record: HostRecord           # what the host published
 
     @property
     def addr(self) -> str:
-        return self.record.get("addr", "")
+        return self.record.addr
 
 
 class ClusterView:
     #: seconds one watch request waits before it is renewed
     watch_timeout_s = 30
-    #: seconds to wait before reading again after etcd failed
-    retry_s = 0.5
 
     def __init__(self, discovery: EtcdDiscovery, host_id: str, event_capacity: int = 10000):
         self.discovery = discovery
@@ -79,24 +79,26 @@ class ClusterView:
 
     def run(self, start_index: Optional[int] = None):
         """Forever: read everything, then follow the watch from the read's index (or from
-        `start_index`, where a previous read left off); read again when needed."""
+        `start_index`, where a previous read left off). etcd failing makes it try again from
+        where it was, with backoff; only a cleared history makes it read everything again."""
         index = start_index
+        backoff = Backoff("cluster view", log)
         while True:
             try:
                 if index is None:
                     index = self._resync()
-                while True:
-                    change = self.discovery.watch_hosts(index, self.watch_timeout_s)
-                    if change is not None:
-                        index = change.registration.modified_index
-                        self._apply(change, index)
+                change = self.discovery.watch_hosts(index, self.watch_timeout_s)
             except IndexCleared as e:
                 log.info("cluster view: %s; reading every registration again", e)
                 index = None
-            except errors.Unavailable as e:
-                log.warning("cluster view: %s; reading again shortly", e)
-                index = None
-                gevent.sleep(self.retry_s)
+                continue
+            except errors.FlynnError as e:
+                backoff.failed(e)
+                continue
+            backoff.succeeded()
+            if change is not None:
+                index = change.registration.modified_index
+                self._apply(change, index)
 
     def _resync(self) -> int:
         index, registrations = self.discovery.list_hosts()
@@ -150,34 +152,42 @@ class ClusterView:
     @staticmethod
     def _diff(emit, before: Optional[RegisteredHost], after: Optional[RegisteredHost]):
         """Cluster events for one host's change from `before` to `after` (None = absent)."""
-        old_jobs = {j["id"]: j for j in before.record.get("jobs", [])} if before else {}
+        old_jobs = {j.id: j for j in before.record.jobs} if before else {}
         if after is None:
             emit("host", "remove", before.id)
             for job in old_jobs.values():
-                if job.get("status") in ACTIVE_STATES:
+                if job.is_active:
                     emit("job", "error", before.id,
-                         dict(job, status="lost", error=f"host {before.id} left the cluster"))
+                         dict(job.to_dict(), status="lost",
+                              error=f"host {before.id} left the cluster"))
             return
         if before is None:
             emit("host", "add", after.id)
-        elif _without_jobs(before.record) != _without_jobs(after.record):
+        elif before.record.without_jobs() != after.record.without_jobs():
             emit("host", "update", after.id)
-        for job in after.record.get("jobs", []):
-            old = old_jobs.get(job["id"])
-            if old is None or old.get("status") != job.get("status"):
-                emit("job", EVENT_FOR_STATE.get(job.get("status"), "update"), after.id, job)
+        for job in after.record.jobs:
+            old = old_jobs.get(job.id)
+            if old is None or old.status != job.status:
+                emit("job", EVENT_FOR_STATE.get(job.status, "update"), after.id, job.to_dict())
 
     def _parse(self, registration: Registration) -> Optional[RegisteredHost]:
         try:
-            record = simplejson.loads(registration.value)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except (TypeError, ValueError) as e:
-            log.warning("cluster view: unreadable registration of %s: %s", registration.host_id,
+            record = HostRecord.from_dict(simplejson.loads(registration.value))
+        except (TypeError, ValueError, KeyError) as e:
+            log.warning("cluster view: unreadable registration of %s: %r", registration.host_id,
                         e)
+            return None
+        if record.id != registration.host_id:
+            log.warning("cluster view: the registration under %s names host %s; ignored",
+                        registration.host_id, record.id)
             return None
         return RegisteredHost(registration.host_id, registration.created_index,
                               registration.modified_index, record)
+
+    def job_summaries(self) -> dict:
+        """{job id: (host id, JobSummary)} of every job every host reports."""
+        return {job.id: (host.id, job) for host in self.hosts.values()
+                for job in host.record.jobs}
 
     def _elect(self, index: int):
         oldest = min(self.hosts.values(), key=lambda h: h.created_index, default=None)
@@ -195,6 +205,3 @@ class ClusterView:
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
 
-
-def _without_jobs(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != "jobs" and k != "allocated"}

@@ -17,6 +17,7 @@ from typing import Optional
 import gevent
 
 from host import errors
+from host.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +114,18 @@ class EmbeddedEtcd:
 
     def supervise(self, wait_ready):
         """Forever (a service greenlet): start the member again whenever it dies."""
+        backoff = Backoff("embedded etcd", log, min_s=self.restart_delay_s, max_s=30)
         while True:
             code = self.process.wait()
             if self._stopping:
                 return
-            log.error("embedded etcd exited with %s; starting it again", code)
-            gevent.sleep(self.restart_delay_s)
+            backoff.failed(f"the member exited with {code}; starting it again")
             try:
                 self.start(wait_ready)
             except errors.Unavailable as e:
-                log.error("%s", e)
+                log.debug("%s", e)  # the member's exit, next round, is the failure reported
+                continue
+            backoff.succeeded()
 
     def stop(self, timeout_s: float = 10):
         self._stopping = True

@@ -7,8 +7,16 @@ Registration records, the errors of host.errors, and these few operations:
   no watcher), publish (rewrite the value), deregister (compare-and-delete);
 - list_hosts (one recursive read, with the X-Etcd-Index to watch from) and watch_hosts (the next
   change after an index; IndexCleared when etcd no longer holds that history);
-- plain records under the prefix (the leader's accepted requests, jobs assigned to hosts):
-  put, read_dir, watch_dir, delete.
+- plain records under the prefix (the leader's accepted requests, job id claims, jobs assigned
+  to hosts): put, create (only if absent), get, read_dir, watch_dir, delete (optionally only if
+  unchanged).
+
+Every failure is translated here: etcd unreachable, and every error etcd itself answers (raft
+internal error, leader election in progress, watcher cleared, a timeout answered as an error, a
+garbled answer) is EtcdUnavailable (retry: true), so that every long-lived loop above survives
+every etcd answer by retrying. Only the answers a caller acts on are told apart: a registration
+gone or changed (RegistrationLost), a watch whose history is gone (IndexCleared), a key that
+exists already (create returns False).
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ SERVICE = "flynn-host"
 
 
 class EtcdUnavailable(errors.Unavailable):
-    """etcd did not answer."""
+    """etcd did not answer, or answered with an error of its own: retry later."""
 
 
 class RegistrationLost(errors.FlynnError):
@@ -77,10 +85,13 @@ def parse_peers(text: str) -> tuple:
     return tuple(peers), protocols.pop()
 
 
-def _translate(what: str, e: Exception) -> Exception:
+def _translate(what: str, e: Exception) -> EtcdUnavailable:
+    """Any failure of a request to etcd, as the one error every caller retries."""
     if isinstance(e, (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError)):
         return EtcdUnavailable(f"{what}: etcd is unreachable ({e})")
-    return errors.FlynnError(f"{what}: etcd error: {e}")
+    code = (getattr(e, "payload", None) or {}).get("errorCode")
+    answered = f"error {code}: {e}" if code is not None else f"{type(e).__name__}: {e}"
+    return EtcdUnavailable(f"{what}: etcd answered {answered}")
 
 
 class EtcdDiscovery:
@@ -114,20 +125,34 @@ class EtcdDiscovery:
 
     # ---- our registration ------------------------------------------------------------------
 
-    def register(self, host_id: str, value: str, ttl_s: int) -> Registration:
-        """Create our key. If it exists (our previous run crashed less than a TTL ago), take it
-        over, which keeps its createdIndex and so this host's seniority."""
+    def register(self, host_id: str, value: str, ttl_s: int) -> Optional[Registration]:
+        """Create our key; None if it exists already (see registration() and take_over())."""
         key = self._key(host_id)
         try:
             result = self._client.write(key, value, ttl=ttl_s, prevExist=False)
         except etcd.EtcdAlreadyExist:
-            log.info("registration %s exists (an earlier run of this host); taking it over", key)
-            try:
-                result = self._client.write(key, value, ttl=ttl_s, prevExist=True)
-            except Exception as e:
-                raise _translate(f"taking over {key}", e) from e
+            return None
         except Exception as e:
             raise _translate(f"registering {key}", e) from e
+        return Registration(host_id, value, result.createdIndex, result.modifiedIndex)
+
+    def registration(self, host_id: str) -> Optional[Registration]:
+        """The key of `host_id` as etcd's quorum holds it, or None."""
+        record = self._services.get(host_id)
+        return record and Registration(host_id, record.value, record.created_index,
+                                       record.modified_index)
+
+    def take_over(self, host_id: str, value: str, ttl_s: int, prev_index: int) -> Registration:
+        """Rewrite a key our previous run left (it crashed less than a TTL ago), if it is still
+        as read: this keeps its createdIndex, and so this host's seniority. RegistrationLost
+        if it changed or vanished meanwhile."""
+        key = self._key(host_id)
+        try:
+            result = self._client.write(key, value, ttl=ttl_s, prevIndex=prev_index)
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed) as e:
+            raise RegistrationLost(f"{key}: {e}") from e
+        except Exception as e:
+            raise _translate(f"taking over {key}", e) from e
         return Registration(host_id, value, result.createdIndex, result.modifiedIndex)
 
     def refresh(self, host_id: str, ttl_s: int, prev_index: int) -> int:
@@ -163,11 +188,21 @@ class EtcdDiscovery:
 
     # ---- every host's registration -------------------------------------------------------
 
-    def list_hosts(self) -> tuple:
+    def list_hosts(self, quorum: bool = False) -> tuple:
         """(etcd index to watch after, [Registration]) from one recursive read."""
-        index, records = self._services.read_dir()
+        index, records = self._services.read_dir(quorum=quorum)
         return index, [Registration(r.name, r.value, r.created_index, r.modified_index)
                        for r in records]
+
+    def leads(self, host_id: str, created_index: int) -> bool:
+        """Whether the registration of `host_id` made at `created_index` is, as etcd's quorum
+        sees it now, still there and the oldest: the leader. Asked before the leader
+        acknowledges anything, so that an agent that only believes it leads (it was paused,
+        its key expired) finds out."""
+        _, registrations = self.list_hosts(quorum=True)
+        oldest = min(registrations, key=lambda r: r.created_index, default=None)
+        return (oldest is not None and oldest.host_id == host_id
+                and oldest.created_index == created_index)
 
     def watch_hosts(self, after_index: int, timeout_s: float) -> Optional[HostChange]:
         """The next change to any registration with an index above `after_index`, or None after
@@ -203,18 +238,45 @@ class Records:
         except Exception as e:
             raise _translate(f"writing {self.dir}/{name}", e) from e
 
-    def delete(self, name: str) -> None:
+    def create(self, name: str, value: str) -> bool:
+        """Write the key only if it does not exist (atomic in etcd): True if this call made it."""
         try:
-            self._client.delete(f"{self.dir}/{name}", recursive=True)
+            self._client.write(f"{self.dir}/{name}", value, prevExist=False)
+            return True
+        except etcd.EtcdAlreadyExist:
+            return False
+        except Exception as e:
+            raise _translate(f"creating {self.dir}/{name}", e) from e
+
+    def get(self, name: str) -> Optional[Record]:
+        """The key as etcd's quorum holds it (never a lagging member's copy), or None."""
+        try:
+            node = self._client.read(f"{self.dir}/{name}", quorum=True, timeout=self._timeout)
         except etcd.EtcdKeyNotFound:
-            pass
+            return None
+        except Exception as e:
+            raise _translate(f"reading {self.dir}/{name}", e) from e
+        return Record(name, node.value, node.createdIndex, node.modifiedIndex)
+
+    def delete(self, name: str, prev_index: Optional[int] = None) -> bool:
+        """Delete the key (with `prev_index`: only if it is unchanged since that index). True if
+        this call deleted it; a key already gone, or changed, is left and gives False."""
+        try:
+            if prev_index is None:
+                self._client.delete(f"{self.dir}/{name}", recursive=True)
+            else:
+                self._client.delete(f"{self.dir}/{name}", prevIndex=prev_index)
+            return True
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+            return False
         except Exception as e:
             raise _translate(f"deleting {self.dir}/{name}", e) from e
 
-    def read_dir(self) -> tuple:
+    def read_dir(self, quorum: bool = False) -> tuple:
         """(etcd index to watch after, [Record]) for every key below the directory."""
         try:
-            result = self._client.read(self.dir, recursive=True, timeout=self._timeout)
+            result = self._client.read(self.dir, recursive=True, quorum=quorum,
+                                       timeout=self._timeout)
         except etcd.EtcdKeyNotFound as e:
             payload = getattr(e, "payload", None) or {}
             return int(payload.get("index", 0)), []
@@ -231,8 +293,9 @@ class Records:
         try:
             result = self._client.read(self.dir, recursive=True, wait=True,
                                        waitIndex=after_index + 1, timeout=timeout_s)
-        except (etcd.EtcdWatchTimedOut, etcd.EtcdKeyNotFound, urllib3.exceptions.ReadTimeoutError):
-            return None
+        except (etcd.EtcdWatchTimedOut, urllib3.exceptions.ReadTimeoutError):
+            return None  # no change within timeout_s (any other answer is an error: retried
+            #              with backoff, never a quick return that would spin the caller)
         except etcd.EtcdEventIndexCleared as e:
             raise IndexCleared(f"etcd history of {self.dir} before {after_index + 1} is gone") from e
         except Exception as e:

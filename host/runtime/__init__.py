@@ -9,15 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-#: labels every container of ours carries, so an agent can always find and rebuild its jobs
-LABEL_HOST_ID = "flynn-host.id"
-LABEL_JOB_ID = "flynn-host.job-id"
-LABEL_JOB_SPEC = "flynn-host.job"
-
 STDOUT, STDERR = 1, 2
 
 
-@dataclass
+@dataclass(slots=True)
 class ContainerSpec:
     name: str
     image: str
@@ -35,7 +30,7 @@ class ContainerSpec:
     bind_ip: str = ""            # "" = all addresses
 
 
-@dataclass
+@dataclass(slots=True)
 class ContainerState:
     id: str
     status: str                  # Docker's: created, running, exited, dead, ...
@@ -49,7 +44,7 @@ class ContainerState:
     error: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class RuntimeEvent:
     action: str                  # create, start, die, oom, kill, stop, destroy, ...
     container_id: str
@@ -70,8 +65,10 @@ class Runtime:
 
     def create(self, spec: ContainerSpec) -> str:
         """Create the container and return its id. If a container with spec.name exists
-        already (a previous attempt got this far), return that one's id. Raises ImageNotFound
-        when the image is not present (the caller pulls, then creates again)."""
+        already and carries the same host and job labels (a previous attempt got this far),
+        return that one's id; one of another host or job is a RuntimeFailure, never adopted.
+        Raises ImageNotFound when the image is not present (the caller pulls, then creates
+        again)."""
         raise NotImplementedError
 
     def start(self, container_id: str) -> None:

@@ -20,6 +20,7 @@ import requests.exceptions
 from host import errors
 from host.clock import parse_time, rfc3339
 from host.runtime import (STDOUT, ContainerSpec, ContainerState, Runtime, RuntimeEvent)
+from host.runtime.labels import same_job
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,14 @@ class DockerRuntime(Runtime):
             except docker.errors.APIError as e:
                 if e.status_code != 409:
                     raise
-                # the name is taken: a previous attempt for this very job created it
-                return api.inspect_container(spec.name)["Id"]
+                # the name is taken: by a previous attempt for this very job, or by a container
+                # that is not ours to adopt
+                existing = api.inspect_container(spec.name)
+                if not same_job((existing.get("Config") or {}).get("Labels") or {}, spec.labels):
+                    raise errors.RuntimeFailure(
+                        f"container name {spec.name} is taken by a container of another host "
+                        f"or job ({existing['Id'][:12]})") from e
+                return existing["Id"]
             return created["Id"]
 
     def start(self, container_id: str) -> None:

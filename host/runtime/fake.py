@@ -3,6 +3,7 @@ one, with controls a test uses to play the engine's part (a container exits, the
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Iterator, Optional
 
@@ -11,6 +12,7 @@ import gevent.queue
 from host import errors
 from host.clock import Clock, rfc3339
 from host.runtime import (STDOUT, ContainerSpec, ContainerState, Runtime, RuntimeEvent)
+from host.runtime.labels import same_job
 
 _SIGNAL_NUMBERS = {"HUP": 1, "INT": 2, "KILL": 9, "TERM": 15}
 _BROKEN = object()
@@ -70,6 +72,9 @@ class FakeRuntime(Runtime):
         self._check()
         existing = self.by_name(spec.name)
         if existing:
+            if not same_job(self.containers[existing]["state"].labels, spec.labels):
+                raise errors.RuntimeFailure(f"container name {spec.name} is taken by a "
+                                            "container of another host or job")
             return existing
         if spec.image not in self.images:
             raise errors.ImageNotFound(f"no such image: {spec.image}")
@@ -96,11 +101,11 @@ class FakeRuntime(Runtime):
     def inspect(self, container_id: str) -> ContainerState:
         self._check()
         state = self._get(container_id)["state"]
-        return ContainerState(**vars(state))
+        return dataclasses.replace(state)
 
     def list(self, labels: dict) -> list:
         self._check()
-        return [ContainerState(**vars(c["state"])) for c in self.containers.values()
+        return [dataclasses.replace(c["state"]) for c in self.containers.values()
                 if all(c["state"].labels.get(k) == v for k, v in labels.items())]
 
     def stop(self, container_id: str, timeout_s: float):
