@@ -124,7 +124,9 @@ class Agent:
                 self.heartbeat.mark_changed()
 
     def _forgotten(self, job):
-        if self.assignments is not None:
+        """Retention dropped an ended job: the cluster forgets it too (it publishes no event)."""
+        if self.heartbeat is not None:
+            self.heartbeat.mark_changed()
             self.assignments.release_claim(job)
 
     def start_service(self, name: str, run):

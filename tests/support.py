@@ -180,9 +180,10 @@ class AgentProcess:
             gevent.sleep(0.05)
         raise AssertionError(f"agent not ready after {timeout}s:\n{self.log()}")
 
-    def log(self) -> str:
+    def log(self, tail: int = 6000) -> str:
+        """The end of the agent's log (all of it with tail=0)."""
         with open(self.log_path, errors="replace") as f:
-            return f.read()[-6000:]
+            return f.read()[-tail:]
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0) -> int:
         if self.proc is None or self.proc.poll() is not None:

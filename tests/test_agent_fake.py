@@ -1,5 +1,6 @@
 """The agent's job life on the in-memory runtime: fast checks of every path, served over real HTTP
 in this process. The same paths run against the real engine in test_docker_*.py."""
+import os
 import shutil
 import unittest
 
@@ -230,3 +231,59 @@ class RestartTest(FakeAgentTestCase):
         self.assertIn("-force", ended["error"])
         self.assertNotIn(job["container_id"], self.runtime.containers)
         self.assertEqual(self.runtime.list({LABEL_HOST_ID: "inproc"}), [])
+
+
+class SlowPingRuntime(FakeRuntime):
+    """An engine whose ping takes a moment, as a real one's does: concurrent requests interleave
+    right there."""
+
+    def ping(self):
+        gevent.sleep(0.02)
+        super().ping()
+
+
+class ConcurrentRequestTest(FakeAgentTestCase):
+    flags = ("-ports", "40000-40001")
+
+    def setUp(self):
+        self.runtime = SlowPingRuntime()
+        self.host = InProcessAgent(self.runtime, flags=self.flags)
+        self.client, self.agent = self.host.client, self.host.agent
+
+    def put_all(self, count, job_id, job):
+        puts = [gevent.spawn(self.client.put, f"/host/jobs/{job_id(n)}", json=job)
+                for n in range(count)]
+        return [p.get(timeout=30) for p in puts]
+
+    def test_check_and_reservation_are_one_step(self):
+        answers = self.put_all(10, lambda n: f"big{n}", body(resources={"memory_mb": 300}))
+        self.assertEqual(sorted(a.status_code for a in answers), [202] * 3 + [409] * 7)
+        self.assertEqual(self.agent.table.allocated().memory_mb, 900)
+
+    def test_the_same_job_at_once_is_one_job_and_leaks_no_port(self):
+        answers = self.put_all(6, lambda n: "twin", body(config={"ports": [{"port": 0}]}))
+        self.assertEqual(sorted(a.status_code for a in answers), [200] * 5 + [202])
+        self.assertEqual(self.agent.ports.taken(), {(answers[0].json()["ports"][0]["port"],
+                                                     "tcp")})
+
+
+class DamagedStateDirTest(FakeAgentTestCase):
+    def test_a_table_that_is_not_a_database_is_rebuilt_from_labels(self):
+        job = self.client.wait_status(self.client.put_job(
+            "kept", body(config={"ports": [{"port": 0}]}))["job"]["id"], "running")
+        cursor = self.client.get("/host/events").json()["cursor"]
+        self.host.stop()
+        with open(os.path.join(self.host.state_dir, "jobs.sqlite3"), "wb") as f:
+            f.write(b"\0garbage\0" * 1000)
+        with self.assertLogs("host.statedir", "WARNING") as logged:
+            self.restart()
+        self.assertTrue(any("moved aside" in line for line in logged.output), logged.output)
+        adopted = self.client.wait_status("kept", "running")
+        self.assertEqual((adopted["container_id"], adopted["ports"], adopted["job"]),
+                         (job["container_id"], job["ports"], job["job"]))
+        old = self.client.get("/host/events", params={"since": cursor})
+        self.assertEqual((old.status_code, old.json()["code"]), (410, "cursor_expired"))
+        # the port is held again: a job asking for it is refused
+        clash = self.client.put("/host/jobs/clash", json=body(
+            config={"ports": [{"port": job["ports"][0]["port"]}]}))
+        self.assertEqual(clash.status_code, 409, clash.text)

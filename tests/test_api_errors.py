@@ -32,6 +32,10 @@ class ApiErrorTest(unittest.TestCase):
         return self.client.put(f"/host/jobs/{job_id}", data=data, headers=headers)
 
     def test_bodies(self):
+        deep = b"[" * 100000 + b"]" * 100000
+        self.assertError(self.put_raw("a", deep), 400, "validation_error", "nested too deeply")
+        self.assertError(self.client.post("/host/jobs/a/signal", data=b'{"a":' * 50000), 400,
+                         "validation_error")
         self.assertError(self.put_raw("a", b"{not json"), 400, "validation_error", "not valid JSON")
         self.assertError(self.put_raw("a", b""), 400, "validation_error", "body: required")
         self.assertError(self.put_raw("a", b"\xff\xfe"), 400, "validation_error", "not valid JSON")

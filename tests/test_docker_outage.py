@@ -5,62 +5,10 @@ import shutil
 import tempfile
 import unittest
 
-import gevent
-from gevent.server import StreamServer
-from gevent import socket
-
+from tests.faults import DockerProxy
 from tests.support import AgentProcess, job_body, remove_host_containers, require_docker
 
 TERM_EXITS_0 = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"]
-
-
-class DockerProxy:
-    """Forwards a unix socket to the real engine's; cut() drops the listener and every open
-    connection (the agent's event stream included), restore() listens again."""
-
-    def __init__(self, target_path: str, path: str):
-        self.target_path, self.path = target_path, path
-        self.server = None
-        self.connections = set()
-
-    def restore(self):
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.path)
-        listener.listen(64)
-        self.server = StreamServer(listener, self._handle)
-        self.server.start()
-
-    def cut(self):
-        self.server.close()
-        for conn in list(self.connections):
-            conn.close()
-        self.connections.clear()
-        os.unlink(self.path)
-
-    def _handle(self, client, _address):
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        upstream.connect(self.target_path)
-        self.connections.update((client, upstream))
-        pumps = [gevent.spawn(self._pump, client, upstream),
-                 gevent.spawn(self._pump, upstream, client)]
-        gevent.joinall(pumps, count=1)
-        gevent.killall(pumps)
-        for sock in (client, upstream):
-            self.connections.discard(sock)
-            sock.close()
-
-    @staticmethod
-    def _pump(source, sink):
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    return
-                sink.sendall(data)
-        except OSError:
-            return
 
 
 class DockerOutageTest(unittest.TestCase):

@@ -53,6 +53,9 @@ class ReadHeadersTest(unittest.TestCase):
     def test_malformed_blocks_set_a_status(self):
         for block in (b"no colon here\r\n\r\n", b" leading fold\r\n\r\n", b": no name\r\n\r\n",
                       b"Bad Name : x\r\n\r\n", b"X: " + b"a" * 70000 + b"\r\n\r\n",
+                      # RFC 9110: a field name is a token
+                      b"Bad Name: x\r\n\r\n", b"X\x00Y: x\r\n\r\n", b"X\x07: x\r\n\r\n",
+                      b"X(Y): x\r\n\r\n", b"X\xe9: x\r\n\r\n", b"X\tY: x\r\n\r\n",
                       b"".join(b"H%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n"):
             with self.subTest(block=block[:30]):
                 self.assertNotEqual(read_headers(io.BytesIO(block)).status, "")
@@ -64,6 +67,8 @@ class MalformedRequestTest(unittest.TestCase):
         try:
             port = host.server.server_port
             for request in (b"GET /host/status HTTP/1.1\r\nno colon\r\n\r\n",
+                            b"GET /host/status HTTP/1.1\r\nBad Name: x\r\n\r\n",
+                            b"GET /host/status HTTP/1.1\r\nX\x00Y: x\r\n\r\n",
                             b"GET /host/status HTTP/1.1\r\n" + b"".join(
                                 b"H%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n"):
                 with self.assertLogs("host.wsgi") as logged, \

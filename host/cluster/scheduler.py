@@ -160,6 +160,15 @@ class Capacity:
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one job of a request goes."""
+    host_id: str
+    job: Job
+    already_there: bool          # the cluster knows this very job: nothing to record
+    targeted: bool               # the client named the host
+
+
+@dataclass(frozen=True, slots=True)
 class Pending:
     """A job assigned to a host whose heartbeat does not show it yet."""
     host_id: str
@@ -236,17 +245,18 @@ class JobScheduler:
         self.replay_requests()
         self._forget_mirrored()
         placements = self._validate_and_place(body)
-        new = [(host_id, job) for host_id, job, already_there in placements if not already_there]
-        placed = {job.id: host_id for host_id, job, _ in placements}
+        new = [p for p in placements if not p.already_there]
+        placed = {p.job.id: p.host_id for p in placements}
         if new:
             self._confirm_leadership()
             request_id = uuid.uuid4().hex
             record = {"id": request_id, "created_at": self.clock.now_text(),
                       "leader_id": self.view.host_id,
-                      "jobs": [{"host_id": host_id, "job": job.to_dict()} for host_id, job in new]}
+                      "jobs": [{"host_id": p.host_id, "job": p.job.to_dict()} for p in new]}
             self.requests.put(request_id, simplejson.dumps(record))  # durable before claims
             try:
-                claimed = self._claim(record, strict=True)
+                claimed = self._claim(record, strict=True,
+                                      targeted=frozenset(p.job.id for p in new if p.targeted))
             except Conflict:
                 self.requests.delete(request_id)
                 raise
@@ -255,8 +265,7 @@ class JobScheduler:
             placed.update({job_id: host_id for job_id, (host_id, _) in claimed.items()})
             log.info("request %s: %d job(s) assigned: %s", request_id, len(claimed),
                      ", ".join(f"{job_id}@{host_id}" for job_id, (host_id, _) in claimed.items()))
-        return {"jobs": [{"host_id": placed[job.id], "job_id": job.id}
-                         for _, job, _ in placements]}
+        return {"jobs": [{"host_id": placed[p.job.id], "job_id": p.job.id} for p in placements]}
 
     def _confirm_leadership(self):
         """Fencing: etcd's quorum, not our view, says whether we still lead."""
@@ -266,28 +275,34 @@ class JobScheduler:
                             "the oldest in etcd); retry: the request goes to the new leader",
                             retry=True)
 
-    def _claim(self, record: dict, strict: bool) -> dict:
+    def _claim(self, record: dict, strict: bool, targeted: frozenset = frozenset()) -> dict:
         """Claim every job of a request record: {job id: (host id, Job)}, where each job runs.
-        A job id claimed with another spec is a Conflict when `strict` (a new request: our
-        own claims are released again, all or nothing); when replaying, that job is dropped
-        with an error in the log (whoever holds the id runs their job)."""
+        A job id claimed already with the same spec runs where that claim says (a retry, or a
+        leader that lost its place got there first), unless the client named another host for
+        it. Anything else is a Conflict when `strict` (a new request: our own claims are
+        released again, all or nothing); when replaying, that job is dropped with an error in
+        the log (whoever holds the id runs their job)."""
         claimed = {}
         for item in record["jobs"]:
             job = job_from_dict(item["job"])
             ours = Claim(item["host_id"], job.spec_digest(), record["id"])
             holder = self.claims.claim(job.id, ours)
-            if holder.spec_digest == ours.spec_digest:
+            if holder.spec_digest != ours.spec_digest:
+                problem = f"job id {job.id!r} is already used on host {holder.host_id!r} " \
+                          "with another spec"
+            elif holder.host_id != ours.host_id and job.id in targeted:
+                problem = f"job {job.id!r} already runs on host {holder.host_id!r}, not " \
+                          f"{ours.host_id!r}"
+            else:
                 claimed[job.id] = (holder.host_id, job)
                 continue
             if not strict:
-                log.error("request %s: job %s not placed: its id is claimed on host %s with "
-                          "another spec", record["id"], job.id, holder.host_id)
+                log.error("request %s: job %s not placed: %s", record["id"], job.id, problem)
                 continue
             for job_id, (host_id, placed_job) in claimed.items():
                 self.claims.release(job_id, Claim(host_id, placed_job.spec_digest(),
                                                   record["id"]))
-            raise Conflict(f"job id {job.id!r} is already used on host {holder.host_id!r} "
-                           "with another spec")
+            raise Conflict(problem)
         return claimed
 
     def _assign(self, record: dict, claimed: dict):
@@ -338,8 +353,8 @@ class JobScheduler:
     # ---- validation and placement ----------------------------------------------------------
 
     def _validate_and_place(self, body) -> list:
-        """[(host_id, Job, already_there)] for every job, or an error naming the first problem.
-        Nothing is placed unless everything fits."""
+        """[Placement] for every job, or an error naming the first problem. Nothing is placed
+        unless everything fits."""
         explicit = self._parse(body)
         capacity = {h.id: Capacity.of(h) for h in self.view.hosts.values()}
         for pending in self.pending.values():
@@ -349,18 +364,20 @@ class JobScheduler:
         placements = []
         for target, job in explicit:
             if job.id in known or job.id in self.pending:
-                placements.append(self._same_job(job, target, *self._known(job.id, known)))
+                host_id = self._same_job(job, target, *self._known(job.id, known))
+                placements.append(Placement(host_id, job, True, target is not None))
                 continue
             if target is None:
-                target = self._place(job, capacity)
+                host_id = self._place(job, capacity)
             elif target not in capacity:
                 raise NotFound(f"no host {target!r} in the cluster")
             else:
+                host_id = target
                 short = capacity[target].shortfall(job)
                 if short:
                     raise Conflict(f"job {job.id!r} does not fit on host {target!r}: {short}")
-            capacity[target].take(job)
-            placements.append((target, job, False))
+            capacity[host_id].take(job)
+            placements.append(Placement(host_id, job, False, target is not None))
         return placements
 
     def _known(self, job_id: str, known: dict) -> tuple:
@@ -372,9 +389,9 @@ class JobScheduler:
         return pending.host_id, pending.job.spec_digest(), "starting"
 
     @staticmethod
-    def _same_job(job: Job, target, host_id: str, digest: str, status: str) -> tuple:
+    def _same_job(job: Job, target, host_id: str, digest: str, status: str) -> str:
         """A job id the cluster knows: the same job (the whole spec) again is answered where it
-        is (idempotent); anything else under that id is a conflict."""
+        is (idempotent): its host. Anything else under that id is a conflict."""
         if digest != job.spec_digest():
             raise Conflict(f"job id {job.id!r} is already used on host {host_id!r} with "
                            "another spec")
@@ -383,7 +400,7 @@ class JobScheduler:
         if status in FINAL_STATES:
             raise Conflict(f"job {job.id!r} already ran on host {host_id!r} and ended "
                            f"({status}): a new job needs a new id")
-        return host_id, job, True
+        return host_id
 
     @staticmethod
     def _place(job: Job, capacity: dict) -> str:

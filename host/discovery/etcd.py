@@ -26,6 +26,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 import etcd
+import urllib3
 import urllib3.exceptions
 
 from host import errors
@@ -108,6 +109,13 @@ class EtcdDiscovery:
         self._client = etcd.Client(host=host_arg, port=port_arg, protocol=protocol,
                                    allow_reconnect=len(hosts) > 1,
                                    read_timeout=self.request_timeout_s, per_host_pool_size=32)
+        # urllib3 would send a request again, up to 3 times, after etcd got it but did not
+        # answer in time: a hung etcd then costs 4 timeouts, and a create that was applied
+        # comes back "already exists". Retry only a connection that could not be made; the
+        # callers retry the rest, knowingly.
+        self._client.http = urllib3.PoolManager(
+            num_pools=10, maxsize=32,
+            retries=urllib3.Retry(total=None, connect=1, read=False, status=0, other=0))
         self._services = Records(self, f"discoverd/services/{SERVICE}")
 
     def _key(self, host_id: str) -> str:

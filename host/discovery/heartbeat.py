@@ -167,12 +167,14 @@ class Heartbeat:
                  "index %d kept)", self.host_id, existing.created_index)
         return True
 
-    def deregister(self):
-        """Delete the key if it is still ours (a clean stop)."""
+    def deregister(self, timeout_s: float = 2.0):
+        """Delete the key if it is still ours (a clean stop). Bounded: a stop does not wait on
+        an etcd that does not answer, the key expires by itself."""
         if self.registration is None:
             return
         try:
-            self.discovery.deregister(self.host_id, self.registration.modified_index)
+            with gevent.Timeout(timeout_s, errors.Unavailable(f"no answer in {timeout_s:g}s")):
+                self.discovery.deregister(self.host_id, self.registration.modified_index)
             log.info("deregistered %s", self.host_id)
         except errors.FlynnError as e:
             log.warning("could not deregister (the key expires by itself): %s", e)
