@@ -18,7 +18,8 @@ setup(
         "wsproto>=1.2",  # the attach client speaks it directly (host/client.py)
     ],
     extras_require={
-        "test": ["nose2>=0.14", "gunicorn>=21.2", "packaging>=23"],
+        # ruff pinned: the suite runs it, and a newer one may find new things
+        "test": ["nose2>=0.14", "gunicorn>=21.2", "packaging>=23", "ruff==0.17.6"],
         "gunicorn": ["gunicorn>=21.2", "packaging>=23"],
     },
     entry_points={"console_scripts": ["flynn-host=host.entry:main"]},

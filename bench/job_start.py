@@ -94,7 +94,8 @@ def main():
     runtime = require_docker()
     api = runtime._client()
     raw_host = f"benchraw{os.getpid()}"
-    agent = AgentProcess(f"benchagent{os.getpid()}", args=["-log-level", "info", "-cpu-shares", "1000000", "-memory-mb", "1000000"]).start()
+    agent = AgentProcess(f"benchagent{os.getpid()}", args=[
+        "-log-level", "info", "-cpu-shares", "1000000", "-memory-mb", "1000000"]).start()
     results = {}
     try:
         for round_no in range(ROUNDS):

@@ -38,7 +38,8 @@ MEASURE_S = float(os.environ.get("BENCH_SECONDS", 20))
 
 def host_record(host_id: str, version: int) -> str:
     jobs = [{"id": f"{host_id}-job{n}", "status": "running" if (n + version) % 7 else "done",
-             "image": "busybox", "ports": [{"port": 49152 + n, "container_port": 49152 + n,
+             "image": "busybox", "spec_digest": f"{n:032x}",
+             "ports": [{"port": 49152 + n, "container_port": 49152 + n,
                                             "proto": "tcp"}],
              "resources": {"memory_mb": 64, "cpu_shares": 100}, "exit_status": None,
              "error": None, "created_at": "2026-11-25T08:00:00.000000Z",
@@ -115,8 +116,8 @@ def observe(prefix: str):
     def timed_apply(change, at_index):
         original(change, at_index)
         if change.registration.value:
-            record = view.hosts[change.registration.host_id].record
-            lags.append(time.time() - record["bench_written_at"])
+            written = simplejson.loads(change.registration.value)["bench_written_at"]
+            lags.append(time.time() - written)
     view._apply = timed_apply
     watcher = gevent.spawn(view.run, bare_index)
     gevent.sleep(MEASURE_S)

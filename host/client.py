@@ -235,7 +235,8 @@ class HostClient(_Client):
         """Attach to a job's stdin/stdout/stderr; the job may not exist yet (the agent waits,
         bounded, and starts it only once attached). `size` (height, width) sizes its terminal
         as it starts."""
-        url = self.addr.replace("http://", "ws://", 1) + route_path("host", "jobs", job_id, "attach")
+        url = self.addr.replace("http://", "ws://", 1) + route_path("host", "jobs", job_id,
+                                                                    "attach")
         if size:
             url += f"?height={size[0]}&width={size[1]}"
         try:

@@ -27,10 +27,6 @@ def parse_time(text: str):
     return datetime.fromisoformat(f"{whole}.{fraction}{zone}").astimezone(timezone.utc)
 
 
-def from_unix_nanos(nanos: int) -> datetime:
-    return datetime.fromtimestamp(nanos // 1000 / 1e6, tz=timezone.utc)
-
-
 class Clock:
     """The real clock."""
 

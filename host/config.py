@@ -190,10 +190,12 @@ SETTINGS = (
     Setting("external", parse_ip, guess_external_ip, "IP other hosts and jobs reach this host at "
             "(default: the address of the default route's interface)", "IP"),
     Setting("listen", parse_listen, ("0.0.0.0", 1113), "address the HTTP API listens on", "ADDR"),
-    Setting("bind", parse_bind_ip, "", "IP that jobs' published ports bind to (default: all)", "IP"),
+    Setting("bind", parse_bind_ip, "", "IP that jobs' published ports bind to (default: all)",
+            "IP"),
     Setting("id", parse_host_id, None, "host id (default: derived from the hostname once, then "
             "kept in the state dir)", "ID"),
-    Setting("state-dir", str, "/var/lib/flynn-host", "directory for the job table and host id", "DIR"),
+    Setting("state-dir", str, "/var/lib/flynn-host", "directory for the job table and host id",
+            "DIR"),
     Setting("force", parse_bool, False, "kill and remove the containers a previous instance left",
             boolean=True),
     Setting("ports", parse_port_range, (49152, 65535), "host port range for allocated ports",
@@ -243,9 +245,6 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return Config({**self._values, **changes})
-
-    def as_dict(self) -> dict:
-        return dict(self._values)
 
     @property
     def attributes(self) -> dict:

@@ -14,7 +14,8 @@ def configure_logging(level: str = "info"):
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # the HTTP access log is narration of every request: debug only
-    logging.getLogger("host.access").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    logging.getLogger("host.access").setLevel(logging.DEBUG if level == "debug"
+                                              else logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
     # urllib3 warns of every retry (e.g. while an embedded etcd starts); failures that matter
     # reach us as exceptions and are logged by the code that saw them

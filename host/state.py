@@ -103,7 +103,8 @@ class JobTable:
         return active
 
     def update(self, job_id: str, **fields) -> ActiveJob:
-        """Change fields that are not the state (container id, stop request); persisted, no event."""
+        """Change fields that are not the state (container id, stop request): persisted, no
+        event."""
         job = self.get(job_id)
         for name, value in fields.items():
             setattr(job, name, value)

@@ -133,8 +133,11 @@ class JobSupervisor:
         return job, False
 
     def signal(self, job_id: str, signal: str) -> ActiveJob:
+        """Signal the job's process. A job still `starting` whose container has started (its
+        output may already be out: Docker's start event is on its way to us) is signalled too;
+        the engine refuses (409) a container that is not running."""
         job = self.table.get(job_id)
-        if job.status != RUNNING:
+        if job.status != RUNNING and not (job.status == STARTING and job.container_id):
             raise Conflict(f"job {job_id!r} is {job.status}, not running: cannot signal it")
         self.runtime.signal(job.container_id, signal)
         log.info("job %s: sent signal %s", job_id, signal)

@@ -38,7 +38,8 @@ class OutcomeCounter:
 
 def main() -> int:
     counter = OutcomeCounter()
-    program = nose2.discover(argv=["nose2", "-s", os.path.join(REPO, "tests"), "-t", REPO, *sys.argv[1:]],
+    program = nose2.discover(argv=["nose2", "-s", os.path.join(REPO, "tests"), "-t", REPO,
+                                   *sys.argv[1:]],
                              exit=False, extraHooks=[("testOutcome", counter)])
     ok = program.result is not None and program.result.wasSuccessful() and counter.failed == 0
     total = counter.passed + counter.failed + counter.skipped

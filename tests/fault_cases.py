@@ -189,7 +189,7 @@ def agent_killed_and_restarted(runtime, running=20, exiting=2) -> Figures:
         for n in range(exiting):  # they end while no agent watches
             container_id = before[f"exit{n}"]["container_id"]
             runtime.signal(container_id, "TERM")
-            wait_until(lambda: not runtime.inspect(container_id).running, 10, "the exit")
+            wait_until(lambda c=container_id: not runtime.inspect(c).running, 10, "the exit")
 
         restarted = time.monotonic()
         again = scene.agent("h", state_dir=agent.state_dir).start()

@@ -26,7 +26,8 @@ before = termios.tcgetattr(slave)
 # The job reports each size it waits for, polling its own terminal: an initial size that never
 # arrived, or a resize that did not, fails the step at its deadline.
 script = ("trap 'echo got-int; exit 3' INT; "
-          "until [ \"$(stty size 2>/dev/null)\" = '30 100' ]; do sleep 0.05; done; echo initial-size-ok; "
+          "until [ \"$(stty size 2>/dev/null)\" = '30 100' ]; do sleep 0.05; done; "
+          "echo initial-size-ok; "
           "until [ \"$(stty size)\" = '40 120' ]; do sleep 0.05; done; echo new-size-ok; "
           "read x; echo got-$x; while :; do sleep 0.1; done")
 proc = subprocess.Popen([sys.executable, flynn_host, "run", "-i", "-t", "-H", addr, image,

@@ -83,7 +83,8 @@ class JobLifeTest(FakeAgentTestCase):
         self.assertEqual(len(self.runtime.containers), 1)
 
     def test_environment_given_to_the_job(self):
-        self.client.put_job("e", body(config={"ports": [{"port": 0}], "env": {"FLYNN_JOB_ID": "mine"}}))
+        self.client.put_job("e", body(config={"ports": [{"port": 0}],
+                                              "env": {"FLYNN_JOB_ID": "mine"}}))
         job = self.client.wait_status("e", "running")
         env = self.runtime.containers[job["container_id"]]["spec"].env
         port = job["ports"][0]["port"]

@@ -110,7 +110,8 @@ class CliTest(DockerAgentTestCase):
     def test_exit_codes(self):
         missing = cli("inspect", "nope", "-H", self.addr)
         self.assertEqual(missing.returncode, 1)
-        self.assertEqual(missing.stderr.strip(), "flynn-host inspect: no job 'nope' on this host or elsewhere in the cluster")
+        self.assertEqual(missing.stderr.strip(), "flynn-host inspect: no job 'nope' on this host "
+                                                 "or elsewhere in the cluster")
         usage = cli("log", "--tail", "-5", "cli-run", "-H", self.addr)
         self.assertEqual(usage.returncode, 2)
         self.assertEqual(cli("ps", "--bogus", "-H", self.addr).returncode, 2)
@@ -180,7 +181,8 @@ class CliTest(DockerAgentTestCase):
         image = os.environ.get("FLYNN_TEST_IMAGE", "flynn-test/busybox:latest")
         ran = cli("run", "-t", "--id", "cli-tty", image, "sh", "-c", "echo fast; exit 4",
                   addr=self.addr)
-        self.assertEqual((ran.returncode, ran.stdout), (4, "fast\n"), ran.stderr)  # CR LF read as text
+        # (the terminal's CR LF read back as text)
+        self.assertEqual((ran.returncode, ran.stdout), (4, "fast\n"), ran.stderr)
         # what makes it lossless: the job waited for the CLI's attach before it started
         self.assertTrue(self.client.job("cli-tty")["job"]["config"]["stdin"])
 

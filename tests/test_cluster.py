@@ -70,8 +70,8 @@ class ClusterTest(ClusterTestCase):
     def test_leader_is_the_first_started_and_everyone_agrees(self):
         first, second, third = self.start_three()
         for agent in (first, second, third):
-            wait_until(lambda: self.hosts_seen_by(agent) == {a.host_id for a in self.agents}, 10,
-                       f"{agent.host_id} seeing all three hosts")
+            wait_until(lambda a=agent: self.hosts_seen_by(a) == {h.host_id for h in self.agents},
+                       10, f"{agent.host_id} seeing all three hosts")
             self.assertEqual(self.leader_seen_by(agent), first.host_id)
             status = agent.client.get("/host/status").json()
             self.assertEqual(status["leader"], {"id": first.host_id, "addr": first.client.url[7:]})
@@ -334,6 +334,11 @@ class AddJobsTest(ClusterTestCase):
         first, second, third = self.start_three_small()
         self.post_jobs(third, {second.host_id: [dict(job_body(["sleep", "60"]), id="stopme")]})
         second.client.wait_status("stopme", "running")
+        # an id with a `?` must not become a query of the forwarded request (it stopped "stopme")
+        sneaky = third.client.delete(f"/cluster/hosts/{second.host_id}/jobs/stopme%3Ftimeout=0")
+        self.assertEqual((sneaky.status_code, sneaky.json()["code"]), (400, "validation_error"))
+        self.assertIn("job id", sneaky.json()["message"])
+        self.assertEqual(second.client.job("stopme")["status"], "running")
         resp = third.client.delete(f"/cluster/hosts/{second.host_id}/jobs/stopme?timeout=0")
         self.assertEqual(resp.status_code, 202, resp.text)
         second.client.wait_status("stopme", "crashed")
@@ -397,8 +402,8 @@ class EtcdDiscoveryTest(unittest.TestCase):
             members = requests.get(agents[0].etcd_url + "/v2/members", timeout=5).json()
             self.assertEqual(len(members["members"]), 3)
             for agent in agents:
-                wait_until(lambda: agent.client.get("/cluster/hosts").status_code == 200 and
-                           len(agent.client.get("/cluster/hosts").json()) == 3, 15,
+                wait_until(lambda a=agent: a.client.get("/cluster/hosts").status_code == 200 and
+                           len(a.client.get("/cluster/hosts").json()) == 3, 15,
                            f"{agent.host_id} seeing all three")
             leader = agents[0].client.get("/cluster/leader").json()["id"]
             self.assertTrue(all(a.client.get("/cluster/leader").json()["id"] == leader

@@ -1,7 +1,10 @@
-"""Restarting the agent against the real engine: re-adoption, exits while down, -force, retention."""
+"""Restarting the agent against the real engine: re-adoption, exits while down, -force,
+retention."""
 import os
 import shutil
 import unittest
+
+from host.errors import ContainerNotFound
 
 from tests.support import (AgentProcess, job_body, remove_host_containers, require_docker,
                            wait_until)
@@ -63,7 +66,7 @@ class DockerRestartTest(unittest.TestCase):
         self.assertEqual(job["status"], "crashed")
         self.assertIn("-force", job["error"])
         self.assertEqual(self.runtime.list({"flynn-host.id": self.host_id}), [])
-        with self.assertRaises(Exception):
+        with self.assertRaises(ContainerNotFound):
             self.runtime.inspect(old["container_id"])
 
     def test_retention_removes_the_oldest_ended_containers(self):

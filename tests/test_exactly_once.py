@@ -10,7 +10,7 @@ import simplejson
 
 from host.clock import Clock
 from host.cluster.scheduler import Assignment, Claim, JobScheduler
-from host.cluster.view import ClusterView, RegisteredHost
+from host.cluster.view import RegisteredHost
 from host.discovery.etcd import EtcdDiscovery, Records
 from host.errors import NotLeader
 from host.jobspec import parse_job

@@ -1,4 +1,5 @@
-"""The one retry helper: pauses that grow with jitter, a log of the first failure and the recovery."""
+"""The one retry helper: pauses that grow with jitter, a log of the first failure and the
+recovery."""
 import logging
 import unittest
 

@@ -47,7 +47,8 @@ def install(app: bottle.Bottle, agent):
             try:
                 ws = simple_websocket.Server(environ)
             except RemoteProtocolError as e:
-                raise errors.ValidationError(f"attach: not a valid WebSocket upgrade: {e}")
+                raise errors.ValidationError(
+                    f"attach: not a valid WebSocket upgrade: {e}") from None
             environ[UPGRADED] = True
             try:
                 _session(agent, job_id, slot, ws)
@@ -120,7 +121,8 @@ def _control(agent, job_id: str, slot, attachment, text: str):
         message = simplejson.loads(text)
         kind = message["type"]
     except (ValueError, KeyError, TypeError, RecursionError):
-        raise errors.ValidationError(f"attach: not a control message: {text[:100]!r}")
+        raise errors.ValidationError(
+            f"attach: not a control message: {text[:100]!r}") from None
     if kind == "eof":
         attachment.close_stdin()
     elif kind == "signal":

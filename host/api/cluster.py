@@ -4,6 +4,7 @@ leader with ?redirect=true); 503 not_leader when no leader is known or it cannot
 from __future__ import annotations
 
 import functools
+from urllib.parse import quote
 
 import bottle
 
@@ -28,13 +29,16 @@ def install(app: bottle.Bottle, agent):
             if leader is None:
                 raise NotLeader("no leader is known yet")
             request = bottle.request
+            # the path as the client sent it: WSGI decoded it, and a decoded `?` or `#` in an id
+            # would start a query or a fragment of the forwarded request
+            path = quote(request.fullpath, safe="/")
             # a stream cannot be relayed through a buffered forward: send the client along
             if bool_param(request.query, "redirect") or bool_param(request.query, "stream"):
-                location = f"http://{leader.addr}{request.fullpath}"
+                location = f"http://{leader.addr}{path}"
                 if request.query_string:
                     location += "?" + request.query_string
                 return bottle.HTTPResponse(status=307, headers={"Location": location})
-            answer = client.forward(leader.addr, request.method, request.fullpath,
+            answer = client.forward(leader.addr, request.method, path,
                                     request.query_string, request.body.read(),
                                     request.content_type,
                                     extra_timeout_s=float_param(request.query, "wait", 0, 0,
@@ -76,7 +80,8 @@ def install(app: bottle.Bottle, agent):
         if registered is None:
             raise NotFound(f"no host {host_id!r} in the cluster")
         request = bottle.request
-        answer = client.forward(registered.addr, "DELETE", client.route_path("host", "jobs", job_id),
+        answer = client.forward(registered.addr, "DELETE",
+                                client.route_path("host", "jobs", job_id),
                                 request.query_string, b"", "")
         return bottle.HTTPResponse(answer.content, answer.status_code, headers={
             "Content-Type": answer.headers.get("Content-Type", "application/json")})

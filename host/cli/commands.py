@@ -1,5 +1,6 @@
 """Client subcommands: `flynn-host run | attach | ps | inspect | log | stop | signal | status |
-leader | hosts | events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent answered with
+leader | hosts | events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent
+answered with
 an error (its message on one line of stderr), 2 usage error, 3 agent unreachable.
 """
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _hosts_of(addr: str, job_ids: list) -> list:
                 try:
                     mirror = ClusterClient(addr).hosts()
                 except errors.FlynnError:
-                    raise not_here  # no cluster to ask: the local answer stands
+                    raise not_here from None  # no cluster to ask: the local answer stands
         host_addr = next((host["addr"] for host in mirror
                           if any(job["id"] == job_id for job in host.get("jobs", []))), None)
         if host_addr is None:
@@ -298,7 +299,8 @@ def _memory_mb(text: str) -> int:
             return int(float(text[:-1]) * units[text[-1]])
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (e.g. 64, 64m, 1g)")
+        raise argparse.ArgumentTypeError(
+            f"not a memory size: {text!r} (e.g. 64, 64m, 1g)") from None
 
 
 def _port(text: str) -> dict:
@@ -306,7 +308,8 @@ def _port(text: str) -> dict:
     try:
         return {"port": int(host) if host else 0, "container_port": int(container) or None}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port: {text!r} (PORT or HOSTPORT:PORT)")
+        raise argparse.ArgumentTypeError(
+            f"not a port: {text!r} (PORT or HOSTPORT:PORT)") from None
 
 
 def _job_id(text: str) -> str:
@@ -492,7 +495,8 @@ def _wait_for_job(host: HostClient, job_id: str, final: bool = False, timeout_s:
         cursor = host.events(since=cursor, wait=2, job_id=job_id)["cursor"]
 
 
-COMMANDS = {"run": cmd_run, "attach": cmd_attach, "ps": cmd_ps, "inspect": cmd_inspect, "log": cmd_log, "stop": cmd_stop,
+COMMANDS = {"run": cmd_run, "attach": cmd_attach, "ps": cmd_ps, "inspect": cmd_inspect,
+            "log": cmd_log, "stop": cmd_stop,
             "signal": cmd_signal, "status": cmd_status, "leader": cmd_leader,
             "hosts": cmd_hosts, "events": cmd_events}
 

@@ -83,16 +83,19 @@ class ClaimRecords:
     def __init__(self, records: Records):
         self.records = records
 
+    #: tries when a claim vanishes between our create and our read (it was being released)
+    claim_attempts = 3
+
     def claim(self, job_id: str, claim: Claim) -> Claim:
         """Claim `job_id` for `claim.host_id`; the claim that holds it (ours, or an earlier
         one: then the caller compares)."""
-        while True:
+        for _ in range(self.claim_attempts):
             if self.records.create(job_id, claim.dumps()):
                 return claim
             existing = self.get(job_id)
             if existing is not None:
                 return existing
-            # released between our create and our read: try again
+        raise Unavailable(f"job {job_id}: its claim keeps changing in etcd; retry")
 
     def get(self, job_id: str) -> Optional[Claim]:
         record = self.records.get(job_id)

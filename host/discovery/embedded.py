@@ -109,7 +109,7 @@ class EmbeddedEtcd:
             except errors.Unavailable:
                 if time.monotonic() > deadline:
                     raise errors.Unavailable(f"embedded etcd not ready after "
-                                             f"{self.start_timeout_s}s; see {log_path}")
+                                             f"{self.start_timeout_s}s; see {log_path}") from None
                 gevent.sleep(0.1)
 
     def supervise(self, wait_ready):

@@ -305,7 +305,8 @@ class Records:
             return None  # no change within timeout_s (any other answer is an error: retried
             #              with backoff, never a quick return that would spin the caller)
         except etcd.EtcdEventIndexCleared as e:
-            raise IndexCleared(f"etcd history of {self.dir} before {after_index + 1} is gone") from e
+            raise IndexCleared(f"etcd history of {self.dir} before {after_index + 1} is "
+                               "gone") from e
         except Exception as e:
             raise _translate(f"watching {self.dir}", e) from e
         removed = result.action in ("delete", "expire", "compareAndDelete")
