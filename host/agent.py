@@ -108,11 +108,13 @@ class Agent:
             self.start_service("assignments", self.assignments.run)
 
     def _leader_duties(self):
-        """On every change of the cluster view, let the scheduler see whether it just took
-        office (and must finish what an old leader accepted)."""
+        """When this agent takes office, the scheduler finishes at once what an old leader
+        accepted (it looks again every few seconds anyway)."""
+        term = None
         while True:
             self.view.wait_for_change(60)
-            if self.view.is_leader:
+            if self.view.is_leader and self.view.leader_since != term:
+                term = self.view.leader_since
                 self.scheduler.poke()
 
     def _publish_state_changes(self):

@@ -50,7 +50,10 @@ class Store:
         self.path = path
         self.events_kept = events_kept
         self._writes = 0
-        _create_private(path)
+        try:
+            _create_private(path)
+        except OSError as e:  # e.g. a directory where the file should be
+            raise StoreDamaged(f"cannot open: {e.strerror or e}") from e
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:

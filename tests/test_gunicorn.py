@@ -11,8 +11,10 @@ import gevent
 import requests
 
 from host.client import HostClient
+from host.discovery.etcd import EtcdDiscovery
 from tests.support import (REPO, AgentClient, free_port, job_body, raw_attach,
-                           remove_host_containers, require_docker)
+                           remove_host_containers, require_docker, wait_until)
+from tests.test_cluster import require_etcd
 
 
 class GunicornTest(unittest.TestCase):
@@ -21,10 +23,11 @@ class GunicornTest(unittest.TestCase):
         self.host_id = f"tgunicorn{os.getpid()}"
         self.state_dir = tempfile.mkdtemp(prefix="flynn-gunicorn-")
         self.port = free_port()
+        self.prefix = f"/flynn-test/{self.host_id}-{self._testMethodName}"
         env = dict(os.environ, FLYNN_HOST_ID=self.host_id, FLYNN_HOST_STATE_DIR=self.state_dir,
                    FLYNN_HOST_EXTERNAL="127.0.0.1", FLYNN_HOST_ATTRIBUTE="served=gunicorn",
                    # a cluster of its own: each test's agent is a new state dir under one id
-                   FLYNN_ETCD_PREFIX=f"/flynn-test/{self.host_id}-{self._testMethodName}")
+                   FLYNN_ETCD_PREFIX=self.prefix)
         self.log = open(os.path.join(self.state_dir, "gunicorn.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
@@ -58,6 +61,14 @@ class GunicornTest(unittest.TestCase):
         self.client.put_job("g1", job_body(["true"]))
         self.assertEqual(self.client.wait_status("g1", "done")["exit_status"], 0)
         self.assertEqual(self.client.get("/nowhere").json()["code"], "not_found")
+
+    def test_a_stopped_worker_leaves_the_cluster_at_once(self):
+        self.wait_ready()
+        etcd = EtcdDiscovery(require_etcd(), self.prefix)
+        wait_until(lambda: etcd.registration(self.host_id) is not None, 10, "registered")
+        self.proc.terminate()
+        self.assertEqual(self.proc.wait(20), 0)
+        self.assertIsNone(etcd.registration(self.host_id))  # deleted, not left to expire
 
     def test_attach_under_gunicorn(self):
         self.wait_ready()

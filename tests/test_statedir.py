@@ -161,6 +161,12 @@ class DamagedTableTest(StateDirTestCase):
         os.remove(self.db)
         self.check_rebuilt(last, kept_aside=False)
 
+    def test_a_directory_in_place_of_the_file(self):
+        last = self.used_table()
+        os.remove(self.db)
+        os.mkdir(self.db)
+        self.check_rebuilt(last)
+
     def test_rows_that_do_not_read(self):
         last = self.used_table()
         db = sqlite3.connect(self.db)

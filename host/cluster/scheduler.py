@@ -213,7 +213,7 @@ class JobScheduler:
                               "be placed: retry with the same job ids") from None
 
     def poke(self):
-        """The view changed: a new leader finishes recorded requests before taking new ones."""
+        """This agent took office: finish recorded requests now, not at the next tick."""
         self._queue.put((None, None))
 
     # ---- the one greenlet --------------------------------------------------------------------
