@@ -302,7 +302,7 @@ class JobSupervisor:
                 for event in stream:
                     self._last_event_nanos = event.time_nanos or self._last_event_nanos
                     self.apply_event(event)
-            except errors.RuntimeUnavailable as e:
+            except errors.FlynnError as e:  # gone, or answering errors (a dockerd restarting)
                 self.events_connected = False
                 backoff.failed(e)
 

@@ -325,12 +325,17 @@ def dockerd_restarted(runtime, live_restore: bool, jobs=4) -> Figures:
         restarted = time.monotonic()
         expected = "running" if live_restore else "crashed"
         after = wait_all(agent, ids, (expected,), timeout=60)
+        # converged: the agent follows the engine again and takes new jobs
+        answers = []
+        wait_until(lambda: answers.append(agent.client.put(
+            "/host/jobs/after", json=job_body(["true"]))) or answers[-1].status_code != 503,
+            30, "a new job accepted")
         figures.converge_s = time.monotonic() - restarted
+        new = answers[-1]
+        agent.client.wait_status("after", "done")
         figures.jobs_after = sum(1 for a in after.values() if a["status"] == "running")
         figures.lost = (jobs - figures.jobs_after) if live_restore else 0
         figures.duplicated = duplicated(scene.containers())
-        new = agent.client.put("/host/jobs/after", json=job_body(["true"]))
-        agent.client.wait_status("after", "done")
         figures.agent_exited = scene.exited()
         figures.details = {
             "during_status": during.status_code,

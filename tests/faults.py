@@ -324,19 +324,25 @@ class EtcdFaultProxy:
         upstream = socket.create_connection(self.target_address)
 
         def requests_up():
-            while True:
-                request = _read_request(reader)
-                if request is None:
-                    return
-                self.stats[PASS_THROUGH]["requests"] += 1
-                upstream.sendall(request)
+            try:
+                while True:
+                    request = _read_request(reader)
+                    if request is None:
+                        return
+                    self.stats[PASS_THROUGH]["requests"] += 1
+                    upstream.sendall(request)
+            except OSError:
+                return  # either side hung up: the pair ends
 
         def answers_down():
-            while True:
-                data = upstream.recv(65536)
-                if not data:
-                    return
-                client.sendall(data)
+            try:
+                while True:
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    client.sendall(data)
+            except OSError:
+                return
 
         pumps = [gevent.spawn(requests_up), gevent.spawn(answers_down)]
         try:
