@@ -51,8 +51,7 @@ class Agent:
         local = local or open_state(config.state_dir, config.id, config.event_buffer)
         self.local = local
         self.host_id, self.state_id, self.store = local.host_id, local.state_id, local.store
-        self.table = JobTable.load(self.host_id, self.store, local.snapshot, self.clock,
-                                   config.event_buffer, local.cursor_floor)
+        self.table = JobTable.load(local, self.clock, config.event_buffer)
         self.ports = PortAllocator(config.ports[0], config.ports[1], config.bind)
         self.capacity = HostResources(memory_mb=config.memory_mb, cpu_shares=config.cpu_shares)
         self.tasks = gevent.pool.Pool(config.task_concurrency)

@@ -11,7 +11,8 @@ from typing import Optional
 from host.clock import Clock
 from host.errors import NotFound
 from host.events import EventLog
-from host.store import Snapshot, Store
+from host.statedir import LocalState
+from host.store import Store
 from host.types import (ACTIVE_STATES, EVENT_FOR_STATE, FINAL_STATES, STARTING, ActiveJob, Event,
                         HostResources, Job, can_transition)
 
@@ -29,14 +30,13 @@ class JobTable:
         self._next_seq = 1
 
     @classmethod
-    def load(cls, host_id: str, store: Store, snapshot: Snapshot, clock: Clock,
-             event_capacity: int, cursor_floor: int = 0) -> "JobTable":
-        """The table as persisted (`snapshot`, read from `store`), with the event log resuming
-        at the last cursor (or above `cursor_floor`, where a lost table left the cursors)."""
-        backlog = snapshot.events
-        last = backlog[-1].cursor if backlog else cursor_floor
-        table = cls(host_id, store, EventLog(event_capacity, last, backlog), clock)
-        for seq, job in snapshot.jobs:
+    def load(cls, local: LocalState, clock: Clock, event_capacity: int) -> "JobTable":
+        """The table as the state dir holds it, with the event log resuming at the last cursor
+        (or above the cursor floor, where a lost table left the cursors)."""
+        backlog = local.snapshot.events
+        last = backlog[-1].cursor if backlog else local.cursor_floor
+        table = cls(local.host_id, local.store, EventLog(event_capacity, last, backlog), clock)
+        for seq, job in local.snapshot.jobs:
             table._jobs[job.id] = job
             table._seq[job.id] = seq
             table._next_seq = seq + 1

@@ -105,6 +105,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _pump(source, sink):
+    """Copy bytes from one socket to the other until either side hangs up."""
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                return
+            sink.sendall(data)
+    except OSError:
+        return
+
+
 def _stop_process(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.0):
     """Signal and reap; SIGKILL if it outlives the timeout."""
     if process is not None and process.poll() is None:
@@ -145,24 +157,13 @@ class DockerProxy:
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         upstream.connect(self.target_path)
         self.connections.update((client, upstream))
-        pumps = [gevent.spawn(self._pump, client, upstream),
-                 gevent.spawn(self._pump, upstream, client)]
+        pumps = [gevent.spawn(_pump, client, upstream), gevent.spawn(_pump, upstream, client)]
         gevent.joinall(pumps, count=1)
         gevent.killall(pumps)
         for sock in (client, upstream):
             self.connections.discard(sock)
             sock.close()
 
-    @staticmethod
-    def _pump(source, sink):
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    return
-                sink.sendall(data)
-        except OSError:
-            return
 
 
 # ---- etcd v2 behind a faulty proxy ------------------------------------------------------------
@@ -319,8 +320,8 @@ class EtcdFaultProxy:
             client.close()
 
     def _forward(self, client, reader):
-        """Requests are read whole (to count them), answers are copied byte by byte as they
-        come, so a watch's long-held answer reaches the client the moment etcd sends it."""
+        """Requests are read whole (to count them), answers are pumped as they come, so a
+        watch's long-held answer reaches the client the moment etcd sends it."""
         upstream = socket.create_connection(self.target_address)
 
         def requests_up():
@@ -334,17 +335,7 @@ class EtcdFaultProxy:
             except OSError:
                 return  # either side hung up: the pair ends
 
-        def answers_down():
-            try:
-                while True:
-                    data = upstream.recv(65536)
-                    if not data:
-                        return
-                    client.sendall(data)
-            except OSError:
-                return
-
-        pumps = [gevent.spawn(requests_up), gevent.spawn(answers_down)]
+        pumps = [gevent.spawn(requests_up), gevent.spawn(_pump, upstream, client)]
         try:
             gevent.joinall(pumps, count=1)
         finally:

@@ -18,7 +18,7 @@ def job(job_id, **resources):
 def open_table(state_dir: str, clock) -> tuple:
     """(LocalState, JobTable) as an agent opens them."""
     local = open_state(state_dir, "h1", events_kept=100)
-    return local, JobTable.load("h1", local.store, local.snapshot, clock, 100, local.cursor_floor)
+    return local, JobTable.load(local, clock, 100)
 
 
 class JobTableTest(unittest.TestCase):

@@ -19,8 +19,7 @@ from host.types import id_problem
 
 def open_table(state_dir, given_id="h1"):
     local = open_state(state_dir, given_id, events_kept=100)
-    table = JobTable.load(local.host_id, local.store, local.snapshot, FakeClock(), 100,
-                          local.cursor_floor)
+    table = JobTable.load(local, FakeClock(), 100)
     return local, table
 
 

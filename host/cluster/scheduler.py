@@ -234,8 +234,7 @@ class JobScheduler:
             if not self.view.is_leader:
                 continue
             try:
-                self._take_office()
-                self.replay_requests()
+                self._catch_up()
             except FlynnError as e:
                 backoff.failed(e, sleep=False)  # the next tick is the retry
                 continue
@@ -244,8 +243,7 @@ class JobScheduler:
     def _process(self, body) -> dict:
         if not self.view.is_leader:
             raise NotLeader("this agent stopped being the leader", retry=True)
-        self._take_office()
-        self.replay_requests()
+        self._catch_up()
         self._forget_mirrored()
         placements = self._validate_and_place(body)
         new = [p for p in placements if not p.already_there]
@@ -269,6 +267,12 @@ class JobScheduler:
             log.info("request %s: %d job(s) assigned: %s", request_id, len(claimed),
                      ", ".join(f"{job_id}@{host_id}" for job_id, (host_id, _) in claimed.items()))
         return {"jobs": [{"host_id": placed[p.job.id], "job_id": p.job.id} for p in placements]}
+
+    def _catch_up(self):
+        """Know what is recorded in etcd before deciding anything: jobs assigned but not yet
+        reported (once per term), and request records left incomplete."""
+        self._take_office()
+        self.replay_requests()
 
     def _confirm_leadership(self):
         """Fencing: etcd's quorum, not our view, says whether we still lead."""
