@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: seconds a forwarded request may take (a long-poll's own wait comes on top)
 FORWARD_TIMEOUT_S = 35  # an AddJobs request may wait up to 30 s in the leader's queue
+#: the header an agent puts on a request it forwards to the leader (its host id): an agent that
+#: gets a forwarded request and does not lead answers not_leader instead of forwarding it again,
+#: so two agents whose views of the leader differ for a moment never pass a request back and forth
+FORWARDED_BY = "X-Flynn-Forwarded-By"
 
 ERROR_CLASSES = {cls.code: cls for cls in (
     errors.ValidationError, errors.NotFound, errors.MethodNotAllowed, errors.Conflict,
@@ -59,13 +63,16 @@ def error_from_body(status: int, content: bytes, url: str) -> errors.FlynnError:
 
 
 def forward(addr: str, method: str, path: str, query: str, body: bytes, content_type: str,
-            extra_timeout_s: float = 0) -> requests.Response:
+            forwarded_by: str, extra_timeout_s: float = 0) -> requests.Response:
     """Send a request on to the agent at `addr` as it came (the leader's answer is relayed
-    unchanged); NotLeader (503, retry) if it cannot be reached."""
+    unchanged), saying which agent forwards it; NotLeader (503, retry) if it cannot be
+    reached."""
     url = f"http://{addr}{path}" + (f"?{query}" if query else "")
+    headers = {FORWARDED_BY: forwarded_by}
+    if content_type:
+        headers["Content-Type"] = content_type
     try:
-        return requests.request(method, url, data=body or None,
-                                headers={"Content-Type": content_type} if content_type else {},
+        return requests.request(method, url, data=body or None, headers=headers,
                                 timeout=FORWARD_TIMEOUT_S + extra_timeout_s,
                                 allow_redirects=False)
     except requests.RequestException as e:

@@ -136,16 +136,33 @@ def duplicated(counts: Counter) -> int:
     return sum(n - 1 for n in counts.values() if n > 1)
 
 
+#: why cluster_view() could not answer, most recent last (a case reports them in its details)
+VIEW_FAILURES: list = []
+
+
 def cluster_view(agent: AgentProcess) -> Optional[dict]:
     """{host id: {job id: status}} from the leader's mirror through `agent`; None if it cannot
-    answer now."""
+    answer now (why is appended to VIEW_FAILURES)."""
     try:
         resp = agent.client.get("/cluster/hosts", timeout=5)
-    except requests.RequestException:
+    except requests.RequestException as e:
+        VIEW_FAILURES.append(f"{agent.host_id}: {type(e).__name__}: {e}")
         return None
     if resp.status_code != 200:
+        VIEW_FAILURES.append(f"{agent.host_id}: {resp.status_code} {resp.text.strip()}")
         return None
     return {h["id"]: {j["id"]: j["status"] for j in h["jobs"]} for h in resp.json()}
+
+
+def answered_view(agent: AgentProcess, timeout: float = 10.0) -> dict:
+    """cluster_view(agent) once it answers, within `timeout` seconds."""
+    views = []
+    try:
+        wait_until(lambda: views.append(cluster_view(agent)) or views[-1] is not None, timeout,
+                   f"the cluster view through {agent.host_id} answering")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the last answers: {VIEW_FAILURES[-3:]}") from None
+    return views[-1]
 
 
 def converged(agents: list, etcd: EtcdDiscovery, expected: dict) -> bool:
@@ -412,9 +429,13 @@ def etcd_outage(runtime, peers: str, outage_s=30.0, error_s=0.5, hang_s=6.0) -> 
             placed = (200, placed)
         except FlynnError as e:
             placed = (getattr(e, "http_status", None), e.to_dict())
-        figures.jobs_after = sum(len(jobs) for jobs in cluster_view(second).values())
+        del VIEW_FAILURES[:]
+        # an agent whose watch was still in backoff when etcd came back catches up change by
+        # change, and may answer not_leader (retry: true) for a moment, as clients are told
+        views = [answered_view(second), answered_view(first)]
+        figures.jobs_after = sum(len(jobs) for jobs in views[0].values())
         figures.lost = sum(1 for host, jobs in expected.items() for job_id in jobs
-                           if cluster_view(first).get(host, {}).get(job_id) != "running")
+                           if views[1].get(host, {}).get(job_id) != "running")
         figures.duplicated = duplicated(scene.containers())
         figures.agent_exited = scene.exited()
         figures.details = {
@@ -425,6 +446,7 @@ def etcd_outage(runtime, peers: str, outage_s=30.0, error_s=0.5, hang_s=6.0) -> 
             "errors_converge_s": round(errors_converge_s, 1),
             "proxy_error_requests": proxy.stats["errors"]["requests"],
             "addjobs_after": placed,
+            "view_not_answered": list(VIEW_FAILURES),
             "heartbeat_failure_warnings": sum(a.log(tail=0).count("WARNING host.discovery."
                                                                   "heartbeat: heartbeat: ")
                                               for a in agents),

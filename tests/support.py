@@ -199,6 +199,10 @@ class AgentProcess:
 
     def cleanup(self):
         self.stop()
+        keep = os.environ.get("FLYNN_TEST_KEEP_LOGS")  # a directory: the logs outlive the test
+        if keep and os.path.exists(self.log_path):
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(self.log_path, os.path.join(keep, f"{self.host_id}-{time.time():.0f}.log"))
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ import gevent
 import requests
 import simplejson
 
+from host.client import FORWARDED_BY
 from host.cluster.view import ClusterView
 from host.discovery.etcd import EtcdDiscovery, EtcdUnavailable, Records
 from host.jobspec import parse_job
@@ -64,6 +65,12 @@ class ClusterTestCase(unittest.TestCase):
         resp = agent.client.get("/cluster/hosts")
         return {h["id"] for h in resp.json()} if resp.status_code == 200 else set()
 
+    @staticmethod
+    def status_in_mirror(agent, job_id: str):
+        """The job's status in the leader's mirror, through `agent` (None if not there)."""
+        resp = agent.client.get("/cluster/hosts")
+        jobs = [j for h in resp.json() for j in h["jobs"]] if resp.status_code == 200 else []
+        return next((j["status"] for j in jobs if j["id"] == job_id), None)
 
 
 class ClusterTest(ClusterTestCase):
@@ -96,6 +103,15 @@ class ClusterTest(ClusterTestCase):
         self.assertEqual((bad.status_code, bad.json()["code"]), (400, "validation_error"))
         wrong = second.client.post("/cluster/hosts")
         self.assertEqual((wrong.status_code, wrong.json()["code"]), (405, "method_not_allowed"))
+        # a request another agent forwarded is served by the leader, never forwarded again by a
+        # non-leader (two views that disagree for a moment would pass it back and forth)
+        hop = {FORWARDED_BY: "somebody"}
+        self.assertEqual(first.client.get("/cluster/hosts", headers=hop).json(), direct)
+        again = second.client.get("/cluster/hosts", headers=hop)
+        self.assertEqual((again.status_code, again.json()["code"], again.json()["retry"],
+                          again.json()["leader"]),
+                         (503, "not_leader", True, f"127.0.0.2:{first.port}"), again.text)
+        self.assertIn("forwarded here by somebody", again.json()["message"])
 
     def test_mirror_follows_a_hosts_jobs(self):
         first, second = self.start_agent(1), self.start_agent(2)
@@ -268,9 +284,21 @@ class AddJobsTest(ClusterTestCase):
         self.assertEqual(resp.status_code, 200, resp.text)
         self.assertEqual(resp.json(), {"jobs": [{"host_id": second.host_id, "job_id": "e1"}]})
         self.assertEqual(second.client.wait_status("e1", "done")["exit_status"], 0)
-        again = self.post_jobs(first, {second.host_id: [dict(job_body(["true"]), id="e1")]})
-        self.assertEqual(again.status_code, 409)  # it ended: a new job needs a new id
+        # the same request again (a client that lost the answer retries): answered where the
+        # job went, as before, though it has ended meanwhile; never run a second time. Sent
+        # right after the end (the mirror may not show it yet: the claim answers) and once the
+        # mirror shows it done, so that both ways the leader knows the id answer alike.
+        same = {second.host_id: [dict(job_body(["true"]), id="e1")]}
+        early = self.post_jobs(first, same)
+        self.assertEqual((early.status_code, early.json()), (200, resp.json()), early.text)
+        wait_until(lambda: self.status_in_mirror(first, "e1") == "done", 10,
+                   "e1 done in the mirror")
+        late = self.post_jobs(third, same)
+        self.assertEqual((late.status_code, late.json()), (200, resp.json()), late.text)
         self.assertEqual(count_containers(self.runtime, "e1"), 1)
+        self.assertEqual(second.client.get("/host/jobs/e1").json()["status"], "done")
+        other = self.post_jobs(first, {second.host_id: [dict(job_body(["false"]), id="e1")]})
+        self.assertEqual((other.status_code, other.json()["code"]), (409, "conflict"))
 
     def test_placement_spreads_and_respects_resources_and_ports(self):
         first, second, third = self.start_three_small()

@@ -29,6 +29,13 @@ def install(app: bottle.Bottle, agent):
             if leader is None:
                 raise NotLeader("no leader is known yet")
             request = bottle.request
+            sender = request.get_header(client.FORWARDED_BY)
+            if sender is not None:
+                # our views of the leader differ for a moment (one of us has not seen the
+                # latest change yet): forwarding on could send it back and forth
+                raise NotLeader(f"forwarded here by {sender}, but this agent does not lead "
+                                f"(it sees {leader.id} as the leader); retry shortly",
+                                leader=leader.addr)
             # the path as the client sent it: WSGI decoded it, and a decoded `?` or `#` in an id
             # would start a query or a fragment of the forwarded request
             path = quote(request.fullpath, safe="/")
@@ -40,7 +47,7 @@ def install(app: bottle.Bottle, agent):
                 return bottle.HTTPResponse(status=307, headers={"Location": location})
             answer = client.forward(leader.addr, request.method, path,
                                     request.query_string, request.body.read(),
-                                    request.content_type,
+                                    request.content_type, agent.host_id,
                                     extra_timeout_s=float_param(request.query, "wait", 0, 0,
                                                                 MAX_WAIT_S))
             return bottle.HTTPResponse(answer.content, answer.status_code, headers={
@@ -48,7 +55,7 @@ def install(app: bottle.Bottle, agent):
         return wrapper
 
     def host_entry(registered) -> dict:
-        return dict(registered.record.to_dict(), leader=registered.id == view.leader().id)
+        return dict(registered.record.to_dict(), leader=registered.id == view.leader_id)
 
     @app.get("/cluster/leader")
     def leader():
@@ -82,7 +89,7 @@ def install(app: bottle.Bottle, agent):
         request = bottle.request
         answer = client.forward(registered.addr, "DELETE",
                                 client.route_path("host", "jobs", job_id),
-                                request.query_string, b"", "")
+                                request.query_string, b"", "", agent.host_id)
         return bottle.HTTPResponse(answer.content, answer.status_code, headers={
             "Content-Type": answer.headers.get("Content-Type", "application/json")})
 

@@ -36,7 +36,7 @@ from host.errors import (Conflict, FlynnError, NoCapacity, NotFound, NotLeader, 
                          ValidationError)
 from host.jobspec import parse_job
 from host.retry import Backoff
-from host.types import FINAL_STATES, Job, job_from_dict
+from host.types import Job, job_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -388,25 +388,25 @@ class JobScheduler:
         return placements
 
     def _known(self, job_id: str, known: dict) -> tuple:
-        """(host id, spec digest, status) of a job id the cluster knows."""
+        """(host id, spec digest) of a job id the cluster knows."""
         if job_id in known:
             host_id, summary = known[job_id]
-            return host_id, summary.spec_digest, summary.status
+            return host_id, summary.spec_digest
         pending = self.pending[job_id]
-        return pending.host_id, pending.job.spec_digest(), "starting"
+        return pending.host_id, pending.job.spec_digest()
 
     @staticmethod
-    def _same_job(job: Job, target, host_id: str, digest: str, status: str) -> str:
+    def _same_job(job: Job, target, host_id: str, digest: str) -> str:
         """A job id the cluster knows: the same job (the whole spec) again is answered where it
-        is (idempotent): its host. Anything else under that id is a conflict."""
+        is (idempotent), whatever its state: a retry of a request whose answer was lost gets
+        the answer it would have got, even if its job has ended meanwhile (the claim answers
+        the same when the mirror does not show the job yet). Anything else under that id is a
+        conflict, until retention drops the ended job and releases its id."""
         if digest != job.spec_digest():
             raise Conflict(f"job id {job.id!r} is already used on host {host_id!r} with "
                            "another spec")
         if target not in (None, host_id):
             raise Conflict(f"job {job.id!r} already runs on host {host_id!r}, not {target!r}")
-        if status in FINAL_STATES:
-            raise Conflict(f"job {job.id!r} already ran on host {host_id!r} and ended "
-                           f"({status}): a new job needs a new id")
         return host_id
 
     @staticmethod

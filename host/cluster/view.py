@@ -69,6 +69,10 @@ class ClusterView:
         return self.hosts.get(self._leader_id) if self._leader_id else None
 
     @property
+    def leader_id(self) -> Optional[str]:
+        return self._leader_id
+
+    @property
     def is_leader(self) -> bool:
         return self._leader_id == self.host_id
 
