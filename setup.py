@@ -5,6 +5,8 @@ setup(
     version="0.1.0",
     description="The host service of a Flynn-style container platform, in Python",
     packages=find_packages(include=["host", "host.*"]),
+    # the layer-0 manifest the agent uses by default (the repository's manifest.json)
+    package_data={"host.layer0": ["manifest.json"]},
     python_requires=">=3.11",
     install_requires=[
         "gevent>=23.9",

@@ -6,7 +6,8 @@
 - raw: the same 200 containers created and started with docker-py, 50 at a time;
 - swarm: `docker swarm init` on the same dockerd, a 200-replica service, until 200 tasks run; the
   swarm is left afterwards.
-Targets: agent <= 1.15x raw, and faster than Swarm. Needs ETCD_PEERS and DOCKER_HOST (bench/run).
+Targets: agent <= 1.15x raw, and faster than Swarm. Needs FLYNN_HOST_ETCD_ENDPOINTS and
+DOCKER_HOST (bench/run).
 """
 from gevent import monkey
 

@@ -9,7 +9,7 @@ Baseline, side by side in each SIGKILL round: a bare etcd key with the same TTL,
 same TTL/3 cadence by a writer that stops at the same moment, and a watcher timing its expiry:
 the floor etcd itself sets. Targets: SIGKILL <= TTL + 1 s; clean stop < 1 s.
 
-Needs ETCD_PEERS and DOCKER_HOST (bin/test provisions both; see bench/run).
+Needs FLYNN_HOST_ETCD_ENDPOINTS and DOCKER_HOST (bin/test provisions both; see bench/run).
 """
 from gevent import monkey
 
@@ -30,7 +30,7 @@ from tests.support import AgentProcess  # noqa: E402
 
 TTL = int(os.environ.get("BENCH_TTL", 10))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
-PEERS = os.environ.get("ETCD_PEERS", "")
+PEERS = os.environ.get("FLYNN_HOST_ETCD_ENDPOINTS", "")
 
 
 def start_cluster(round_id: str) -> list:
@@ -125,7 +125,7 @@ def one_round(round_id: str, clean: bool) -> tuple:
 
 def main():
     if not PEERS:
-        raise SystemExit("ETCD_PEERS must name an etcd (bench/run starts one)")
+        raise SystemExit("FLYNN_HOST_ETCD_ENDPOINTS must name an etcd (bench/run starts one)")
     kills, floors, stops = [], [], []
     for n in range(ROUNDS):
         took, floor = one_round(f"k{n}", clean=False)

@@ -4,7 +4,7 @@ jobs lost (should run and do not) and duplicated (more than one container for on
 seconds the cluster took to converge once the fault ended, and whether any agent exited on its
 own. The suite (tests/test_faults.py) asserts on the same figures with a 60 s soak.
 
-Needs ETCD_PEERS and DOCKER_HOST (bin/test provisions both; see bench/run).
+Needs FLYNN_HOST_ETCD_ENDPOINTS and DOCKER_HOST (bin/test provisions both; see bench/run).
 BENCH_SOAK_S (600), BENCH_OUTAGE_S (30) and BENCH_CASES (e.g. "1,4,10") tune it.
 """
 from gevent import monkey

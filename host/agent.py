@@ -10,6 +10,7 @@ whole agent down, loudly, rather than leaving it half-alive.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Optional
 
@@ -23,9 +24,10 @@ from host.cluster.assignments import AssignmentWatcher
 from host.cluster.scheduler import ClaimRecords, JobScheduler
 from host.cluster.view import ClusterView
 from host.config import Config
-from host.discovery.embedded import EmbeddedEtcd
 from host.discovery.etcd import EtcdDiscovery, Records
+from host.layer0.runner import Layer0
 from host.discovery.heartbeat import Heartbeat
+from host import errors
 from host.errors import FlynnError
 from host.ports import PortAllocator
 from host.runtime import Runtime
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(self, config: Config, runtime: Runtime, clock: Optional[Clock] = None,
                  discovery: Optional[EtcdDiscovery] = None,
-                 embedded_etcd: Optional[EmbeddedEtcd] = None,
+                 layer0: Optional[Layer0] = None,
                  local: Optional[LocalState] = None):
         """Without `discovery` the agent runs alone: no registration, no cluster API.
         `local` is the state dir, opened (build_agent); without it the agent opens
@@ -57,6 +59,7 @@ class Agent:
         self.tasks = gevent.pool.Pool(config.task_concurrency)
         self.services: dict = {}
         self.crashed = gevent.event.AsyncResult()
+        self.left = gevent.event.Event()   # the host left the cluster for good: the daemon exits
         self.supervisor = JobSupervisor(
             host_id=self.host_id, external_ip=config.external, bind_ip=config.bind,
             capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
@@ -64,7 +67,7 @@ class Agent:
             on_forgotten=self._forgotten)
         self.started_at = self.clock.now_text()
         self.discovery = discovery
-        self.embedded_etcd = embedded_etcd
+        self.layer0 = layer0
         self.heartbeat = self.view = self.scheduler = self.assignments = None
         if discovery is not None:
             self.heartbeat = Heartbeat(discovery, self.host_id, config.heartbeat_ttl,
@@ -90,9 +93,11 @@ class Agent:
         if self.config.force:
             self.supervisor.kill_leftovers()  # Unavailable propagates: -force needs Docker
         self.start_service("docker-events", self.supervisor.follow_runtime_events)
-        if self.embedded_etcd is not None:
-            self.embedded_etcd.start(self.discovery.ping)
-            self.start_service("etcd", lambda: self.embedded_etcd.supervise(self.discovery.ping))
+        if self.layer0 is not None:
+            self.layer0.bring_up(self)  # before registering: etcd is one of them
+            for service_id in self.layer0.running:
+                self.start_service(f"layer0-{service_id}",
+                                   functools.partial(self.layer0.supervise, self, service_id))
         if self.discovery is not None:
             try:
                 # at once, so that a host id another live agent uses stops us before we serve
@@ -161,6 +166,19 @@ class Agent:
         if self.heartbeat is not None:
             self.heartbeat.deregister()
 
+    def leave(self) -> dict:
+        """This host leaves the cluster for good (`flynn-host leave`): it deregisters, its etcd
+        member is removed from the cluster and its data deleted, and the daemon exits (0).
+        Its jobs keep running, as on any stop: stop them first to take them down."""
+        if self.discovery is None:
+            raise errors.Conflict("this agent runs without etcd: there is no cluster to leave")
+        self.leave_cluster()
+        removed = self.layer0.leave_etcd(self) if self.layer0 is not None else None
+        log.info("host %s left the cluster for good%s", self.host_id,
+                 f" (etcd member {removed} removed)" if removed else "")
+        gevent.spawn_later(0.2, self.left.set)  # once the answer is out
+        return {"host_id": self.host_id, "etcd_member_removed": removed}
+
     def stop(self):
         """Deregister at once, stop our greenlets, close the store. Jobs keep running."""
         self.leave_cluster()
@@ -168,8 +186,8 @@ class Agent:
             greenlet.unlink(self._service_died)
         gevent.killall(list(self.services.values()), timeout=1)
         self.tasks.kill(timeout=1)
-        if self.embedded_etcd is not None:
-            self.embedded_etcd.stop()
+        if self.layer0 is not None:
+            self.layer0.stop()
         self.local.close()
         log.info("host %s stopped; its jobs keep running", self.host_id)
 
@@ -198,6 +216,7 @@ class Agent:
             "allocated": allocated.to_dict(),
             "started_at": self.started_at,
             "events_cursor": self.table.events.last_cursor,
+            "layer0": self.layer0.status() if self.layer0 is not None else [],
         }
 
     def _etcd_state(self) -> str:
@@ -244,16 +263,23 @@ class Agent:
         return self.wait_for_job(job_id, lambda job: job.status != STARTING, timeout_s)
 
 def build_agent(config: Config) -> Agent:
-    """The daemon's agent: Docker from the environment, etcd from the configuration. Raises
-    FatalError when the state dir is another agent's."""
-    from host.discovery import discovery_from_config
+    """The daemon's agent: Docker from the environment, layer 0 from the manifest, etcd as
+    planned from the settings. Raises ConfigError or ManifestError (usage: exit 2), FatalError
+    when the state dir is another agent's."""
+    from host.layer0.bootstrap import check_etcd_settings, load_layer0, plan_etcd
     from host.runtime.docker import DockerRuntime
+    check_etcd_settings(config)
+    host_id = config.id or "unknown"  # the manifest is checked before the state dir is taken
+    load_layer0(config, host_id)
     local = open_state(config.state_dir, config.id, config.event_buffer)
     try:
         config = config.replace(id=local.host_id)
-        discovery, embedded = discovery_from_config(config, local.host_id)
-        return Agent(config, DockerRuntime(), discovery=discovery, embedded_etcd=embedded,
-                     local=local)
+        runtime = DockerRuntime()
+        layer0 = load_layer0(config, local.host_id)
+        layer0.plan = plan_etcd(config, layer0, runtime)
+        log.info("etcd: %s", layer0.plan.reason)
+        discovery = EtcdDiscovery(",".join(layer0.plan.endpoints), config.etcd_prefix)
+        return Agent(config, runtime, discovery=discovery, layer0=layer0, local=local)
     except BaseException:
         local.close()
         raise

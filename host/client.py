@@ -254,6 +254,10 @@ class HostClient(_Client):
     def status(self) -> dict:
         return self._json("GET", "/host/status")
 
+    def leave(self) -> dict:
+        """The agent leaves the cluster for good (its etcd member removed) and exits."""
+        return self._json("POST", "/host/leave", extra_timeout_s=60)
+
     def jobs(self, status: Optional[str] = None) -> list:
         return self._json("GET", "/host/jobs", params={"status": status} if status else None)
 

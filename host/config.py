@@ -104,11 +104,34 @@ def parse_url(text: str) -> str:
     return url
 
 
-def parse_etcd_peers(text: str) -> str:
-    from host.discovery.etcd import parse_peers  # checks the list; the discovery module keeps it
+def parse_etcd_endpoints(text: str) -> str:
+    from host.discovery.etcd import parse_endpoints  # the discovery module owns the format
     if text.strip():
-        parse_peers(text)
+        parse_endpoints(text)
     return text.strip()
+
+
+def parse_etcd_peers(text: str) -> tuple:
+    from host.discovery.etcd import parse_peer_urls
+    return parse_peer_urls(text) if text.strip() else ()
+
+
+def parse_member_count(text: str) -> int:
+    return _int_between(text, 1, 9)
+
+
+def parse_layer0_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("auto", "jobs"):
+        raise ValueError("must be auto or jobs")
+    return mode
+
+
+def parse_manifest_path(text: str) -> str:
+    path = text.strip()
+    if path and not os.path.isfile(path):
+        raise ValueError("no such file")
+    return path
 
 
 def parse_etcd_prefix(text: str) -> str:
@@ -213,14 +236,25 @@ SETTINGS = (
     Setting("task-concurrency", positive_int, 64, "background tasks (container starts, stops) "
             "run at once; the engine slows down with too many parallel starts", "N"),
     Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
-    Setting("etcd-peers", parse_etcd_peers, "", "etcd client URLs, comma-separated; none (and no "
-            "discovery URL) = run an embedded single-member etcd", "URLS", env_name="ETCD_PEERS"),
-    Setting("etcd-discovery", parse_url, "", "etcd discovery URL: the embedded etcd forms or "
-            "joins a cluster through it", "URL", env_name="ETCD_DISCOVERY"),
+    Setting("manifest", parse_manifest_path, "", "the layer-0 manifest: services started before "
+            "the host registers (default: the one shipped in the package, which runs etcd)",
+            "FILE"),
+    Setting("layer0-mode", parse_layer0_mode, "auto", "how layer-0 services run: auto (one with "
+            "a command as a local process, others as jobs), jobs (every one as a job: for an "
+            "agent that runs in a container itself, as in the flynn/host image)", "MODE"),
+    Setting("etcd-peers", parse_etcd_peers, (), "peer addresses (IP:2380) of a running etcd "
+            "cluster: this host's own etcd member joins it (up to -etcd-members), comma-separated",
+            "ADDRS", env_name="ETCD_PEERS"),
+    Setting("etcd-discovery", parse_url, "", "etcd discovery URL: this host's member forms or "
+            "joins the first members through it", "URL", env_name="ETCD_DISCOVERY"),
+    Setting("etcd-endpoints", parse_etcd_endpoints, "", "client URLs of an etcd the operator "
+            "runs, comma-separated: no member runs here", "URLS"),
+    Setting("etcd-members", parse_member_count, 3, "etcd members the cluster grows to as hosts "
+            "join; later hosts run none and use theirs", "N"),
     Setting("etcd-prefix", parse_etcd_prefix, "/flynn", "etcd key prefix", "PREFIX",
             env_name="FLYNN_ETCD_PREFIX"),
-    Setting("etcd-client-port", parse_port, 2379, "embedded etcd's client port", "PORT"),
-    Setting("etcd-peer-port", parse_port, 2380, "embedded etcd's peer port", "PORT"),
+    Setting("etcd-client-port", parse_port, 2379, "this host's etcd member's client port", "PORT"),
+    Setting("etcd-peer-port", parse_port, 2380, "this host's etcd member's peer port", "PORT"),
     Setting("heartbeat-ttl", parse_ttl, 10, "seconds the registration lives without a heartbeat "
             "(refreshed every TTL/3)", "SECONDS"),
 )

@@ -7,12 +7,17 @@ job without its limit.
 """
 from __future__ import annotations
 
+import re
+
 from host.errors import ValidationError
-from host.types import Job, JobConfig, PortSpec, Resources, id_problem
+from host.types import NETWORKS, Job, JobConfig, PortSpec, Resources, VolumeSpec, id_problem
 
 JOB_FIELDS = {"id", "config", "resources", "attributes"}
 CONFIG_FIELDS = {"image", "cmd", "entrypoint", "env", "working_dir", "user", "tty", "ports",
-                 "stdin"}
+                 "stdin", "network", "volumes"}
+VOLUME_FIELDS = {"name", "target"}
+#: a Docker volume name, as the engine accepts one
+VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESOURCE_FIELDS = {"memory_mb", "cpu_shares"}
 PORT_FIELDS = {"port", "proto", "container_port"}
 PROTOCOLS = ("tcp", "udp")
@@ -85,6 +90,18 @@ def _port(value, path: str) -> PortSpec:
     return PortSpec(port=port, proto=proto, container_port=container_port)
 
 
+def _volume(value, path: str) -> VolumeSpec:
+    _object(value, path, VOLUME_FIELDS)
+    name, target = value.get("name"), value.get("target")
+    if not isinstance(name, str) or not VOLUME_NAME.match(name):
+        _fail(f"{path}.name", "must be a volume name: 1 to 128 of A-Z a-z 0-9 _ . -, starting "
+                              "with a letter or digit")
+    if not isinstance(target, str) or not target.startswith("/") or "\0" in target or \
+            ":" in target or len(target) > 1024:
+        _fail(f"{path}.target", "must be an absolute path in the container")
+    return VolumeSpec(name=name, target=target)
+
+
 def _config(value, path: str) -> JobConfig:
     if value is None:
         _fail(path, "required")
@@ -105,6 +122,19 @@ def _config(value, path: str) -> JobConfig:
     fixed = [(p.port, p.proto) for p in port_specs if p.port]
     if len(fixed) != len(set(fixed)):
         _fail(f"{path}.ports", "the same port is asked for twice")
+    network = value.get("network", "bridge")
+    if network not in NETWORKS:
+        _fail(f"{path}.network", "must be one of " + ", ".join(NETWORKS))
+    if network == "host" and port_specs:
+        _fail(f"{path}.ports", "a job on the host's network publishes no ports (it listens on "
+                               "the host's addresses itself)")
+    volumes = value.get("volumes") or []
+    if not isinstance(volumes, list) or len(volumes) > 64:
+        _fail(f"{path}.volumes", "must be a list of at most 64 volumes")
+    volume_specs = tuple(_volume(v, f"{path}.volumes[{i}]") for i, v in enumerate(volumes))
+    targets = [v.target for v in volume_specs]
+    if len(targets) != len(set(targets)):
+        _fail(f"{path}.volumes", "two volumes are mounted at the same target")
     return JobConfig(
         image=image,
         cmd=_str_list(value.get("cmd"), f"{path}.cmd"),
@@ -115,6 +145,8 @@ def _config(value, path: str) -> JobConfig:
         tty=tty,
         ports=port_specs,
         stdin=stdin,
+        network=network,
+        volumes=volume_specs,
     )
 
 

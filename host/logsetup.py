@@ -17,6 +17,6 @@ def configure_logging(level: str = "info"):
     logging.getLogger("host.access").setLevel(logging.DEBUG if level == "debug"
                                               else logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
-    # urllib3 warns of every retry (e.g. while an embedded etcd starts); failures that matter
+    # urllib3 warns of every retry (e.g. while this host's etcd member starts); failures that matter
     # reach us as exceptions and are logged by the code that saw them
     logging.getLogger("urllib3").setLevel(logging.ERROR)

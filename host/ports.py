@@ -18,15 +18,20 @@ _SOCKET_TYPE = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
 
 
 def port_is_free(bind_ip: str, port: int, proto: str) -> bool:
-    """True if `port` can be bound on `bind_ip` ("" = all addresses) right now."""
+    """True if `port` can be bound on `bind_ip` ("" = all addresses) right now, as far as this
+    process can tell. An address this process does not have (an agent in a container of its
+    own, publishing its jobs' ports on the machine's address) cannot be checked from here: the
+    port counts as free, and the engine, which publishes on the machine, refuses a taken one."""
     family = socket.AF_INET6 if ":" in bind_ip else socket.AF_INET
     with socket.socket(family, _SOCKET_TYPE[proto]) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((bind_ip or "0.0.0.0", port))
         except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
                 return False
+            if e.errno == errno.EADDRNOTAVAIL:
+                return True
             raise
     return True
 

@@ -11,6 +11,7 @@ import logging
 from typing import Callable, Optional
 
 import gevent
+import gevent.event
 
 from host import errors
 from host.clock import Clock
@@ -57,6 +58,7 @@ class JobSupervisor:
         self._on_forgotten = on_forgotten  # told of each ended job retention drops
         self._last_event_nanos: Optional[int] = None
         self.events_connected = False
+        self.reconciled = gevent.event.Event()  # set once the table matched the engine once
         self._starting = set()        # ids with a _start in progress, so none runs twice
         self._attach_slots: dict = {}  # job id -> AttachSlot
         ports.mark_taken(b for job in table.active() for b in job.ports)
@@ -163,6 +165,7 @@ class JobSupervisor:
             labels=labels.job_labels(self.host_id, job, active.ports),
             memory_mb=job.resources.memory_mb, cpu_shares=job.resources.cpu_shares,
             ports=active.ports, bind_ip=self.bind_ip,
+            network=job.config.network, volumes=job.config.volumes,
         )
 
     def _start(self, job_id: str):
@@ -298,6 +301,7 @@ class JobSupervisor:
                 stream = self.runtime.events(self.our_labels, self._last_event_nanos)
                 self.events_connected = True
                 self.reconcile()
+                self.reconciled.set()
                 backoff.succeeded()
                 for event in stream:
                     self._last_event_nanos = event.time_nanos or self._last_event_nanos

@@ -78,6 +78,22 @@ class PortSpec:
         return {"port": self.port, "proto": self.proto, "container_port": self.container_port}
 
 
+#: the networks a job may run on: its own (Docker's bridge, ports published on the host), or
+#: the host's (it listens on the host's addresses itself and publishes nothing; layer 0 does)
+NETWORKS = ("bridge", "host")
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSpec:
+    """A named Docker volume mounted at `target` in the job's container: data that outlives the
+    container (a layer-0 etcd member's data)."""
+    name: str
+    target: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "target": self.target}
+
+
 @dataclass(frozen=True, slots=True)
 class JobConfig:
     image: str
@@ -89,9 +105,11 @@ class JobConfig:
     tty: bool = False
     ports: tuple = ()             # PortSpec
     stdin: bool = False           # keep stdin open; the host waits for an attach to start it
+    network: str = "bridge"       # one of NETWORKS
+    volumes: tuple = ()           # VolumeSpec
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "image": self.image,
             "cmd": list(self.cmd) if self.cmd is not None else None,
             "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
@@ -102,6 +120,12 @@ class JobConfig:
             "ports": [p.to_dict() for p in self.ports],
             "stdin": self.stdin,
         }
+        # only when set: the shape (and so the spec digest) of every other job stays as it was
+        if self.network != "bridge":
+            d["network"] = self.network
+        if self.volumes:
+            d["volumes"] = [v.to_dict() for v in self.volumes]
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +345,8 @@ def job_from_dict(d: dict) -> Job:
         tty=bool(c.get("tty")),
         ports=tuple(PortSpec(**p) for p in c.get("ports") or ()),
         stdin=bool(c.get("stdin")),
+        network=c.get("network") or "bridge",
+        volumes=tuple(VolumeSpec(**v) for v in c.get("volumes") or ()),
     )
     return Job(id=d["id"], config=config, resources=Resources(**(d.get("resources") or {})),
                attributes=tuple(sorted((d.get("attributes") or {}).items())))

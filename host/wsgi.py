@@ -36,7 +36,14 @@ def create_app_from_env(environ=None):
     # gunicorn's worker exits normally on SIGTERM: leave the cluster at once, as the daemon does
     atexit.register(agent.stop)
     gevent.spawn(_stop_when_crashed, agent)
+    gevent.spawn(_stop_when_left, agent)
     return create_app(agent)
+
+
+def _stop_when_left(agent):
+    """The host left the cluster for good (POST /host/leave): this worker ends."""
+    agent.left.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop_when_crashed(agent):

@@ -83,7 +83,7 @@ class Scene:
     def etcd_env(self, peers: Optional[str] = None) -> dict:
         env = {"FLYNN_ETCD_PREFIX": f"/flynn-test/{self.name}"}
         if peers:
-            env["ETCD_PEERS"] = peers
+            env["FLYNN_HOST_ETCD_ENDPOINTS"] = peers
         return env
 
     def close(self):
@@ -721,7 +721,7 @@ def graceful_stop(runtime) -> Figures:
     scene = Scene(runtime, "fstop")
     try:
         agent = scene.agent("h", env=scene.etcd_env()).start()
-        etcd = EtcdDiscovery(os.environ["ETCD_PEERS"], f"/flynn-test/{scene.name}")
+        etcd = EtcdDiscovery(os.environ["FLYNN_HOST_ETCD_ENDPOINTS"], f"/flynn-test/{scene.name}")
         wait_until(lambda: etcd.registration(agent.host_id) is not None, 10, "registered")
         put_all(agent, {f"g{n}": SLEEPER for n in range(2)})
         wait_all(agent, ["g0", "g1"], "running")
@@ -740,7 +740,7 @@ def graceful_stop(runtime) -> Figures:
         figures.jobs_after = running["g0"] + running["g1"]
         # again, with etcd hanging (the stop waits on the deregistration) and an operator who
         # does not want to wait: the second signal
-        proxy = EtcdFaultProxy(os.environ["ETCD_PEERS"].split(",")[0])
+        proxy = EtcdFaultProxy(os.environ["FLYNN_HOST_ETCD_ENDPOINTS"].split(",")[0])
         scene.closers.append(proxy.close)
         again = scene.agent("h", state_dir=agent.state_dir, env=scene.etcd_env(proxy.url))
         scene.agents.remove(agent)

@@ -55,7 +55,7 @@ import requests
 from gevent import socket
 from gevent.server import StreamServer
 
-from host.discovery.embedded import etcd_binary
+from host.layer0.process import etcd_binary
 
 
 def _free_ports(ip: str, count: int = 1) -> list:
@@ -523,7 +523,7 @@ class EtcdCluster:
 
     @property
     def client_urls(self) -> str:
-        """ETCD_PEERS style: every member's client URL, comma-separated."""
+        """-etcd-endpoints style: every member's client URL, comma-separated."""
         return ",".join(m.client_url for m in self.members.values())
 
     def start(self, timeout: float = 30.0) -> "EtcdCluster":
@@ -584,7 +584,7 @@ class EtcdCluster:
                "--initial-advertise-peer-urls", member.peer_url,
                "--initial-cluster", initial_cluster, "--initial-cluster-state", state,
                "--initial-cluster-token", self.token]
-        # without ETCD_*: etcd reads those as its own flags (bin/test exports ETCD_PEERS)
+        # without ETCD_*: etcd reads those as its own flags (the agent's ETCD_DISCOVERY, say)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
         with open(member.log_path, "ab") as log:
             member.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

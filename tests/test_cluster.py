@@ -22,10 +22,10 @@ TTL = 3
 
 
 def require_etcd() -> str:
-    peers = os.environ.get("ETCD_PEERS")
+    peers = os.environ.get("FLYNN_HOST_ETCD_ENDPOINTS")
     if not peers:
-        raise AssertionError("ETCD_PEERS must name the test etcd; run the suite with bin/test, "
-                             "which starts one")
+        raise AssertionError("FLYNN_HOST_ETCD_ENDPOINTS must name the test etcd; run the suite "
+                             "with bin/test, which starts one")
     EtcdDiscovery(peers).ping()
     return peers
 
@@ -228,7 +228,7 @@ class EmbeddedEtcdTest(unittest.TestCase):
     def test_without_etcd_peers_the_agent_runs_its_own_etcd(self):
         require_docker()
         client_port, peer_port = free_port(), free_port()
-        agent = AgentProcess(f"emb-{os.getpid()}", env={"ETCD_PEERS": ""},
+        agent = AgentProcess(f"emb-{os.getpid()}", env={"FLYNN_HOST_ETCD_ENDPOINTS": ""},
                              args=["-etcd-client-port", str(client_port),
                                    "-etcd-peer-port", str(peer_port)])
         try:
@@ -416,7 +416,7 @@ class EtcdDiscoveryTest(unittest.TestCase):
         for n in (1, 2, 3):
             client_port, peer_port = free_port(), free_port()
             agent = AgentProcess(f"d{n}-{os.getpid()}", ip=f"127.0.0.{n + 1}",
-                                 env={"ETCD_PEERS": "", "ETCD_DISCOVERY": url,
+                                 env={"FLYNN_HOST_ETCD_ENDPOINTS": "", "ETCD_DISCOVERY": url,
                                       "FLYNN_ETCD_PREFIX": f"/flynn-test/discovery-{token}"},
                                  args=["-heartbeat-ttl", str(TTL), "-etcd-client-port",
                                        str(client_port), "-etcd-peer-port", str(peer_port)])

@@ -52,6 +52,20 @@ class ParseJobTest(unittest.TestCase):
         self.assertIsNone(job.config.cmd)
         self.assertEqual(job.config.ports, ())
 
+    def test_network_and_volumes(self):
+        job = parse_job(spec(network="host", volumes=[{"name": "h1-etcd", "target": "/data"}]),
+                        "j1")
+        out = job.to_dict()
+        self.assertEqual((out["config"]["network"], out["config"]["volumes"]),
+                         ("host", [{"name": "h1-etcd", "target": "/data"}]))
+        self.assertTrue(job.same_spec(types.job_from_dict(out)))
+        # a job that sets neither has the shape (and the spec digest) it always had
+        plain = parse_job(spec(network="bridge", volumes=[]), "j1").to_dict()["config"]
+        self.assertNotIn("network", plain)
+        self.assertNotIn("volumes", plain)
+        self.assertEqual(parse_job(spec(), "j1").spec_digest(),
+                         parse_job(spec(network="bridge"), "j1").spec_digest())
+
     def test_env_order_does_not_change_the_spec(self):
         a = parse_job(spec(env={"A": "1", "B": "2"}), "j")
         b = parse_job(spec(env={"B": "2", "A": "1"}), "j")
@@ -89,6 +103,16 @@ class ParseJobTest(unittest.TestCase):
             (dict(spec(), attributes={"a": 1}), "job.attributes.a"),
             (dict(spec(), colour="red", size=1), "job: unknown field(s) colour, size"),
             (spec(image="busybox", imgae="x"), "job.config: unknown field(s) imgae"),
+            (spec(network="overlay"), "job.config.network: must be one of bridge, host"),
+            (spec(network="host", ports=[{"port": 80}]), "job.config.ports: a job on the host"),
+            (spec(volumes={"name": "v"}), "job.config.volumes: must be a list"),
+            (spec(volumes=[{"name": "/etc", "target": "/x"}]), "job.config.volumes[0].name"),
+            (spec(volumes=[{"name": "v", "target": "data"}]), "job.config.volumes[0].target"),
+            (spec(volumes=[{"name": "v", "target": "/a:ro"}]), "job.config.volumes[0].target"),
+            (spec(volumes=[{"name": "v", "target": "/a", "mode": "ro"}]),
+             "job.config.volumes[0]: unknown field(s) mode"),
+            (spec(volumes=[{"name": "v", "target": "/a"}, {"name": "w", "target": "/a"}]),
+             "two volumes are mounted at the same target"),
         ]
         for body, fragment in cases:
             with self.subTest(body=body):

@@ -55,3 +55,10 @@ class PortAllocatorTest(unittest.TestCase):
                 alloc.reserve([PortSpec(0)])
         self.assertTrue(port_is_free("", port, "tcp"))
 
+
+    def test_an_address_this_process_does_not_have_cannot_be_checked(self):
+        # an agent in a container of its own publishes on the machine's address: it cannot bind
+        # there to look, so the engine decides (192.0.2.1 is TEST-NET-1, nobody's address)
+        self.assertTrue(port_is_free("192.0.2.1", 8080, "tcp"))
+        self.assertEqual(PortAllocator(40000, 40000, "192.0.2.1").reserve([PortSpec(0)])[0].port,
+                         40000)

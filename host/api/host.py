@@ -26,6 +26,10 @@ def install(app: bottle.Bottle, agent):
     def status():
         return json_body(agent.status())
 
+    @app.post("/host/leave")
+    def leave():
+        return json_body(agent.leave(), status=202)
+
     @app.get("/host/jobs")
     def list_jobs():
         wanted = choice_param(bottle.request.query, "status", ALL_STATES)

@@ -1,7 +1,7 @@
 """Client subcommands: `flynn-host run | attach | ps | inspect | log | stop | signal | status |
-leader | hosts | events`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1 the agent
-answered with
-an error (its message on one line of stderr), 2 usage error, 3 agent unreachable.
+leader | hosts | events | leave`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1
+the agent answered with an error (its message on one line of stderr), 2 usage error, 3 agent
+unreachable.
 """
 from __future__ import annotations
 
@@ -227,6 +227,23 @@ def cmd_status(argv):
                        ("jobs", ", ".join(f"{k} {v}" for k, v in sorted(status["jobs"].items()))
                         or "none")):
         print(f"{key + ':':<9}{value}")
+
+
+def cmd_leave(argv):
+    parser = _parser("leave", "Remove this host from the cluster for good: the agent "
+                     "deregisters, its etcd member is removed from the cluster (and its data "
+                     "deleted), and the agent exits. Its jobs keep running: stop them first "
+                     "to take them down.",
+                     "  flynn-host leave\n  flynn-host leave -H 10.0.0.7:1113")
+    args = parser.parse_args(argv)
+    with Progress("leaving the cluster"):
+        left = HostClient(args.addr).leave()
+    if args.json:
+        _print_json(left)
+        return
+    removed = left.get("etcd_member_removed")
+    print(f"{left['host_id']} left the cluster" +
+          (f"; etcd member {removed} removed" if removed else ""))
 
 
 def cmd_leader(argv):
@@ -498,7 +515,7 @@ def _wait_for_job(host: HostClient, job_id: str, final: bool = False, timeout_s:
 COMMANDS = {"run": cmd_run, "attach": cmd_attach, "ps": cmd_ps, "inspect": cmd_inspect,
             "log": cmd_log, "stop": cmd_stop,
             "signal": cmd_signal, "status": cmd_status, "leader": cmd_leader,
-            "hosts": cmd_hosts, "events": cmd_events}
+            "hosts": cmd_hosts, "events": cmd_events, "leave": cmd_leave}
 
 
 def run(name: str, argv: list) -> int:

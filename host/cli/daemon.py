@@ -14,7 +14,9 @@ from host.agent import build_agent
 from host.api import create_app
 from host.config import ConfigError, HelpRequested, load_config, usage
 from host.errors import FatalError, FlynnError
+from host.layer0.manifest import ManifestError
 from host.logsetup import configure_logging
+from host.sdnotify import notify
 from host.server import wsgi_server
 
 log = logging.getLogger("host.daemon")
@@ -47,6 +49,9 @@ def run(argv: list, environ=None) -> int:
 
     try:
         agent = build_agent(config)
+    except (ConfigError, ManifestError) as e:
+        print(f"flynn-host: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (FlynnError, FatalError, OSError) as e:
         print(f"flynn-host: cannot start: {e}", file=sys.stderr)
         return EXIT_FAILURE
@@ -76,10 +81,13 @@ def run(argv: list, environ=None) -> int:
     gevent.signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
     log.info("host %s serving on %s:%d", agent.host_id, host, port)
+    notify(f"READY=1\nSTATUS=serving on {host}:{port} as {agent.host_id}")
 
-    gevent.wait([stop_requested, agent.crashed], count=1)
+    gevent.wait([stop_requested, agent.crashed, agent.left], count=1)
     crashed = agent.crashed.ready()
-    log.info("stopping (%s)", "a service died" if crashed else "signal")
+    log.info("stopping (%s)", "a service died" if crashed else
+             "the host left the cluster" if agent.left.is_set() else "signal")
+    notify("STOPPING=1")
     agent.leave_cluster()  # first: the cluster sees us go at once
     server.stop(timeout=1)
     agent.stop()

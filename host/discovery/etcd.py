@@ -26,6 +26,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 import etcd
+import simplejson
 import urllib3
 import urllib3.exceptions
 
@@ -68,8 +69,9 @@ class HostChange:
     registration: Registration
 
 
-def parse_peers(text: str) -> tuple:
-    """"http://10.0.0.1:2379,http://10.0.0.2:2379" -> ((host, port), ...), protocol."""
+def parse_endpoints(text: str) -> tuple:
+    """Client URLs "http://10.0.0.1:2379,http://10.0.0.2:2379" (the scheme and the port 2379
+    may be left out) -> ((host, port), ...), protocol."""
     peers, protocols = [], set()
     for item in (p.strip() for p in text.split(",")):
         if not item:
@@ -80,10 +82,29 @@ def parse_peers(text: str) -> tuple:
         peers.append((url.hostname, url.port or 2379))
         protocols.add(url.scheme)
     if not peers:
-        raise ValueError("no etcd peers given")
+        raise ValueError("no etcd endpoints given")
     if len(protocols) > 1:
         raise ValueError("mixed http and https peers")
     return tuple(peers), protocols.pop()
+
+
+def parse_peer_urls(text: str) -> tuple:
+    """ETCD_PEERS as the original meant it: peer addresses of a running etcd cluster
+    ("10.0.0.1:2380,10.0.0.2" or URLs; the port defaults to 2380) -> ("http://IP:PORT", ...)."""
+    urls = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        url = urlparse(item if "://" in item else "http://" + item)
+        if not url.hostname or url.scheme not in ("http", "https"):
+            raise ValueError(f"not an etcd peer address: {item!r}")
+        if url.path not in ("", "/"):
+            raise ValueError(f"an etcd peer address has no path: {item!r}")
+        host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+        urls.append(f"{url.scheme}://{host}:{url.port or 2380}")
+    if not urls:
+        raise ValueError("no etcd peer addresses given")
+    return tuple(urls)
 
 
 def _translate(what: str, e: Exception) -> EtcdUnavailable:
@@ -99,24 +120,49 @@ class EtcdDiscovery:
     #: seconds an ordinary etcd request may take
     request_timeout_s = 5
 
-    def __init__(self, peers: str, prefix: str = "/flynn"):
-        hosts, protocol = parse_peers(peers)
-        self.peers = peers
+    def __init__(self, endpoints: str, prefix: str = "/flynn"):
+        """`endpoints`: client URLs of etcd members, comma-separated. Requests go to one of them;
+        when it cannot be reached (or does not answer in time) the next one is used, so a host
+        whose own member is gone carries on through the others."""
+        hosts, protocol = parse_endpoints(endpoints)
+        self.endpoints = endpoints
         self.prefix = prefix.rstrip("/")
         self.services_dir = f"{self.prefix}/discoverd/services/{SERVICE}"
-        host_arg = hosts if len(hosts) > 1 else hosts[0][0]
-        port_arg = hosts[0][1]
-        self._client = etcd.Client(host=host_arg, port=port_arg, protocol=protocol,
-                                   allow_reconnect=len(hosts) > 1,
-                                   read_timeout=self.request_timeout_s, per_host_pool_size=32)
+        self._clients = [self._make_client(host, port, protocol) for host, port in hosts]
+        self._current = 0
+        self._services = Records(self, f"discoverd/services/{SERVICE}")
+
+    def _make_client(self, host: str, port: int, protocol: str) -> etcd.Client:
+        client = etcd.Client(host=host, port=port, protocol=protocol, allow_reconnect=False,
+                             read_timeout=self.request_timeout_s, per_host_pool_size=32)
         # urllib3 would send a request again, up to 3 times, after etcd got it but did not
         # answer in time: a hung etcd then costs 4 timeouts, and a create that was applied
         # comes back "already exists". Retry only a connection that could not be made; the
         # callers retry the rest, knowingly.
-        self._client.http = urllib3.PoolManager(
+        client.http = urllib3.PoolManager(
             num_pools=10, maxsize=32,
             retries=urllib3.Retry(total=None, connect=1, read=False, status=0, other=0))
-        self._services = Records(self, f"discoverd/services/{SERVICE}")
+        return client
+
+    @property
+    def _client(self) -> etcd.Client:
+        return self._clients[self._current]
+
+    @property
+    def endpoint(self) -> str:
+        """The client URL requests go to now."""
+        return self._client.base_uri
+
+    def _failure(self, what: str, e: Exception) -> "EtcdUnavailable":
+        """The error to raise for a failed request; a member that could not be reached is
+        left for the next endpoint (python-etcd's own reconnection never goes back to a
+        member it gave up on)."""
+        error = _translate(what, e)
+        if len(self._clients) > 1 and isinstance(
+                e, (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError)):
+            self._current = (self._current + 1) % len(self._clients)
+            log.debug("etcd: %s failed; next requests go to %s", what, self.endpoint)
+        return error
 
     def _key(self, host_id: str) -> str:
         return f"{self.services_dir}/{host_id}"
@@ -129,7 +175,7 @@ class EtcdDiscovery:
         except etcd.EtcdKeyNotFound:
             return
         except Exception as e:
-            raise _translate("reaching etcd", e) from e
+            raise self._failure("reaching etcd", e) from e
 
     # ---- our registration ------------------------------------------------------------------
 
@@ -141,7 +187,7 @@ class EtcdDiscovery:
         except etcd.EtcdAlreadyExist:
             return None
         except Exception as e:
-            raise _translate(f"registering {key}", e) from e
+            raise self._failure(f"registering {key}", e) from e
         return Registration(host_id, value, result.createdIndex, result.modifiedIndex)
 
     def registration(self, host_id: str) -> Optional[Registration]:
@@ -160,7 +206,7 @@ class EtcdDiscovery:
         except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed) as e:
             raise RegistrationLost(f"{key}: {e}") from e
         except Exception as e:
-            raise _translate(f"taking over {key}", e) from e
+            raise self._failure(f"taking over {key}", e) from e
         return Registration(host_id, value, result.createdIndex, result.modifiedIndex)
 
     def refresh(self, host_id: str, ttl_s: int, prev_index: int) -> int:
@@ -172,7 +218,7 @@ class EtcdDiscovery:
         except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed) as e:
             raise RegistrationLost(f"{key}: {e}") from e
         except Exception as e:
-            raise _translate(f"refreshing {key}", e) from e
+            raise self._failure(f"refreshing {key}", e) from e
 
     def publish(self, host_id: str, value: str, ttl_s: int, prev_index: int) -> int:
         """Rewrite our value (and TTL); watchers see it. Returns the new modifiedIndex."""
@@ -182,7 +228,7 @@ class EtcdDiscovery:
         except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed) as e:
             raise RegistrationLost(f"{key}: {e}") from e
         except Exception as e:
-            raise _translate(f"publishing {key}", e) from e
+            raise self._failure(f"publishing {key}", e) from e
 
     def deregister(self, host_id: str, prev_index: int) -> None:
         """Delete our key if it is still ours (compare-and-delete)."""
@@ -192,7 +238,7 @@ class EtcdDiscovery:
         except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
             pass
         except Exception as e:
-            raise _translate(f"deregistering {key}", e) from e
+            raise self._failure(f"deregistering {key}", e) from e
 
     # ---- every host's registration -------------------------------------------------------
 
@@ -236,15 +282,22 @@ class Records:
     """Plain keys under <prefix>/<path>: no TTL, JSON values written by us."""
 
     def __init__(self, discovery: EtcdDiscovery, path: str):
-        self._client = discovery._client
+        self._discovery = discovery
         self._timeout = discovery.request_timeout_s
         self.dir = f"{discovery.prefix}/{path.strip('/')}"
+
+    @property
+    def _client(self) -> etcd.Client:
+        return self._discovery._client
+
+    def _failure(self, what: str, e: Exception) -> EtcdUnavailable:
+        return self._discovery._failure(what, e)
 
     def put(self, name: str, value: str) -> int:
         try:
             return self._client.write(f"{self.dir}/{name}", value).modifiedIndex
         except Exception as e:
-            raise _translate(f"writing {self.dir}/{name}", e) from e
+            raise self._failure(f"writing {self.dir}/{name}", e) from e
 
     def create(self, name: str, value: str) -> bool:
         """Write the key only if it does not exist (atomic in etcd): True if this call made it."""
@@ -254,7 +307,7 @@ class Records:
         except etcd.EtcdAlreadyExist:
             return False
         except Exception as e:
-            raise _translate(f"creating {self.dir}/{name}", e) from e
+            raise self._failure(f"creating {self.dir}/{name}", e) from e
 
     def get(self, name: str) -> Optional[Record]:
         """The key as etcd's quorum holds it (never a lagging member's copy), or None."""
@@ -263,7 +316,7 @@ class Records:
         except etcd.EtcdKeyNotFound:
             return None
         except Exception as e:
-            raise _translate(f"reading {self.dir}/{name}", e) from e
+            raise self._failure(f"reading {self.dir}/{name}", e) from e
         return Record(name, node.value, node.createdIndex, node.modifiedIndex)
 
     def delete(self, name: str, prev_index: Optional[int] = None) -> bool:
@@ -278,7 +331,7 @@ class Records:
         except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
             return False
         except Exception as e:
-            raise _translate(f"deleting {self.dir}/{name}", e) from e
+            raise self._failure(f"deleting {self.dir}/{name}", e) from e
 
     def read_dir(self, quorum: bool = False) -> tuple:
         """(etcd index to watch after, [Record]) for every key below the directory."""
@@ -289,7 +342,7 @@ class Records:
             payload = getattr(e, "payload", None) or {}
             return int(payload.get("index", 0)), []
         except Exception as e:
-            raise _translate(f"reading {self.dir}", e) from e
+            raise self._failure(f"reading {self.dir}", e) from e
         return result.etcd_index, [
             Record(node.key[len(self.dir) + 1:], node.value, node.createdIndex,
                    node.modifiedIndex)
@@ -308,7 +361,86 @@ class Records:
             raise IndexCleared(f"etcd history of {self.dir} before {after_index + 1} is "
                                "gone") from e
         except Exception as e:
-            raise _translate(f"watching {self.dir}", e) from e
+            raise self._failure(f"watching {self.dir}", e) from e
         removed = result.action in ("delete", "expire", "compareAndDelete")
         return Record(result.key[len(self.dir) + 1:], None if removed else result.value,
                       result.createdIndex, result.modifiedIndex, removed)
+
+
+# ---- cluster membership (layer 0: a host's own member joins the cluster) ----------------------
+
+@dataclass(frozen=True)
+class Member:
+    id: str                      # hex, as the members API takes it
+    name: str                    # "" for a member added but not started yet
+    peer_urls: tuple
+    client_urls: tuple
+
+
+class EtcdMembers:
+    """etcd's members API: who is in the cluster, adding this host's member, removing one. The
+    members are first found through any peer address (a member's peer port answers /members),
+    then changed through their client URLs, as `etcdctl member add` does."""
+    #: seconds one members request may take
+    request_timeout_s = 5
+
+    def __init__(self):
+        self._http = urllib3.PoolManager(
+            num_pools=4, maxsize=4, timeout=self.request_timeout_s,
+            retries=urllib3.Retry(total=None, connect=1, read=False, status=0, other=0))
+
+    def _json(self, method: str, url: str, body: Optional[dict] = None):
+        try:
+            response = self._http.request(
+                method, url, body=simplejson.dumps(body) if body is not None else None,
+                headers={"Content-Type": "application/json"} if body is not None else None)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise EtcdUnavailable(f"{method} {url}: etcd is unreachable ({e})") from e
+        if response.status >= 300:
+            text = response.data[:300].decode("utf-8", "replace").strip()
+            raise EtcdUnavailable(f"{method} {url}: etcd answered {response.status}: {text}")
+        try:
+            return simplejson.loads(response.data) if response.data.strip() else None
+        except ValueError as e:
+            raise EtcdUnavailable(f"{method} {url}: not an etcd answer: {e}") from e
+
+    @staticmethod
+    def _member(d: dict) -> Member:
+        raw_id = d["id"]
+        member_id = format(raw_id, "x") if isinstance(raw_id, int) else str(raw_id)
+        return Member(member_id, str(d.get("name") or ""), tuple(d.get("peerURLs") or ()),
+                      tuple(d.get("clientURLs") or ()))
+
+    def through_peers(self, peer_urls) -> list:
+        """[Member] as the first of `peer_urls` that answers tells. EtcdUnavailable when none
+        does (the error names each)."""
+        problems = []
+        for peer in peer_urls:
+            try:
+                answer = self._json("GET", f"{peer.rstrip('/')}/members")
+                return [self._member(m) for m in answer]
+            except EtcdUnavailable as e:
+                problems.append(str(e))
+            except (TypeError, KeyError, ValueError) as e:
+                problems.append(f"{peer}: not a members list ({e!r})")
+        raise EtcdUnavailable("no etcd peer answered: " + "; ".join(problems))
+
+    def _through_clients(self, members: list, call):
+        problems = []
+        for url in [u for m in members for u in m.client_urls]:
+            try:
+                return call(url.rstrip("/"))
+            except EtcdUnavailable as e:
+                problems.append(str(e))
+        raise EtcdUnavailable("no etcd member took the change: " +
+                              ("; ".join(problems) or "no member has a client URL"))
+
+    def add(self, members: list, peer_url: str) -> Member:
+        """Add a member with `peer_url` through the cluster of `members`; the new Member
+        (without a name until it starts)."""
+        return self._through_clients(members, lambda url: self._member(self._json(
+            "POST", f"{url}/v2/members", {"peerURLs": [peer_url]})))
+
+    def remove(self, members: list, member_id: str) -> None:
+        self._through_clients(members, lambda url: self._json(
+            "DELETE", f"{url}/v2/members/{member_id}"))

@@ -28,6 +28,8 @@ class ContainerSpec:
     cpu_shares: int = 0
     ports: tuple = ()            # host.types.PortBinding
     bind_ip: str = ""            # "" = all addresses
+    network: str = "bridge"      # "bridge" (Docker's default) or "host"
+    volumes: tuple = ()          # host.types.VolumeSpec: named volumes, made on first use
 
 
 @dataclass(slots=True)
@@ -111,4 +113,14 @@ class Runtime:
              tail: Optional[int], tty: bool) -> Iterator[tuple]:
         """(STDOUT|STDERR, bytes) chunks of the container's output. With follow, ends when the
         container stops. The iterator has close() to let go of the connection early."""
+        raise NotImplementedError
+
+    def volume_has(self, volume: str, path: str, image: str) -> bool:
+        """Whether the named volume exists and holds `path` (relative to its root). `image` is
+        one the engine has (or can pull), used to look without starting anything."""
+        raise NotImplementedError
+
+    def remove_volume(self, volume: str) -> None:
+        """Remove the named volume (its containers must be gone). A missing one is not an
+        error."""
         raise NotImplementedError

@@ -104,6 +104,8 @@ class DockerRuntime(Runtime):
                 port_bindings=bindings,
                 mem_limit=spec.memory_mb * 1024 * 1024 if spec.memory_mb else None,
                 cpu_shares=spec.cpu_shares or None,
+                network_mode="host" if spec.network == "host" else None,
+                binds={v.name: {"bind": v.target, "mode": "rw"} for v in spec.volumes} or None,
             )
             try:
                 created = api.create_container(
@@ -206,6 +208,38 @@ class DockerRuntime(Runtime):
                                 stream=True, timeout=None)
             api._raise_for_status(response)
         return _LogStream(response, tty)
+
+    def volume_has(self, volume: str, path: str, image: str) -> bool:
+        with self._call(f"looking into volume {volume}") as api:
+            try:
+                api.inspect_volume(volume)
+            except docker.errors.NotFound:
+                return False
+            # a container that is created, never started, mounts the volume: its archive API
+            # reads the volume's files without running anything of the image
+            try:
+                probe = api.create_container(image, host_config=api.create_host_config(
+                    binds={volume: {"bind": "/flynn-volume", "mode": "ro"}}),
+                    labels={"flynn-host.probe": "volume"})
+            except docker.errors.ImageNotFound:
+                self.pull(image)
+                return self.volume_has(volume, path, image)
+            try:
+                stream, _ = api.get_archive(probe["Id"], f"/flynn-volume/{path.lstrip('/')}")
+                for _ in stream:  # let go of the answer
+                    pass
+                return True
+            except docker.errors.NotFound:
+                return False
+            finally:
+                api.remove_container(probe["Id"], force=True, v=True)
+
+    def remove_volume(self, volume: str) -> None:
+        with self._call(f"removing volume {volume}") as api:
+            try:
+                api.remove_volume(volume)
+            except docker.errors.NotFound:
+                pass
 
 
 class _Attachment:

@@ -26,6 +26,7 @@ class FakeRuntime(Runtime):
         self.containers: dict = {}      # id -> {"spec", "state", "output"}
         self.available = True
         self.signals: list = []         # (container id, signal) received
+        self.volumes: dict = {}         # name -> {relative paths it holds}
         self._ids = itertools.count(1)
         self._subscribers: list = []
 
@@ -83,6 +84,8 @@ class FakeRuntime(Runtime):
                                oom_killed=False, started_at=None, finished_at=None, ip=None,
                                labels=dict(spec.labels))
         self.containers[cid] = {"spec": spec, "state": state, "output": []}
+        for volume in spec.volumes:  # made on first use, as Docker does
+            self.volumes.setdefault(volume.name, set())
         self._emit("create", cid)
         return cid
 
@@ -150,6 +153,18 @@ class FakeRuntime(Runtime):
         if tail is not None:
             chunks = chunks[-tail:] if tail else []
         return iter(chunks)
+
+    def volume_has(self, volume: str, path: str, image: str) -> bool:
+        self._check()
+        return path.strip("/") in self.volumes.get(volume, set())
+
+    def remove_volume(self, volume: str) -> None:
+        self._check()
+        in_use = [cid for cid, c in self.containers.items()
+                  if any(v.name == volume for v in c["spec"].volumes)]
+        if in_use:
+            raise errors.RuntimeFailure(f"volume {volume} is in use by {in_use[0]}")
+        self.volumes.pop(volume, None)
 
     # ---- helpers --------------------------------------------------------------------------
 

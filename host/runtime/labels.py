@@ -31,6 +31,15 @@ def container_name(host_id: str, job_id: str) -> str:
     return f"flynn-{host_id}-{job_id}-{pair}"
 
 
+def volume_name(host_id: str, service_id: str) -> str:
+    """flynn-<host>-<service>-<digest of the pair>: the data volume of a layer-0 service (the
+    digest, as in container names, keeps host "a" + service "b-c" apart from "a-b" + "c").
+    Docker takes up to 255 characters; ours stay within 128."""
+    pair = hashlib.sha256(f"{host_id}\0{service_id}".encode()).hexdigest()[:12]
+    prefix = f"flynn-{host_id}-{service_id}"
+    return f"{prefix[:110]}-{pair}"
+
+
 def job_labels(host_id: str, job: Job, ports: tuple) -> dict:
     return {LABEL_HOST_ID: host_id, LABEL_JOB_ID: job.id,
             LABEL_JOB_SPEC: simplejson.dumps(job.to_dict()),

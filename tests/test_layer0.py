@@ -1,0 +1,129 @@
+"""Layer 0 with agents on this machine (the etcd member a local process, as `bin/run` runs it):
+hosts joining with ETCD_PEERS grow etcd up to -etcd-members, a member restarts from its data, a
+host that leaves for good takes its member with it. tests/test_layer0_docker.py runs the same
+from the flynn/host image."""
+import os
+import signal
+import unittest
+
+import requests
+import simplejson
+
+from host.discovery.etcd import EtcdDiscovery
+from tests.support import AgentProcess, free_port, remove_host_containers, require_docker, \
+    wait_until
+from tests.test_cli import cli
+from tests.test_cluster import TTL
+
+
+def members(client_url: str) -> list:
+    return sorted(m["name"] for m in requests.get(f"{client_url}/v2/members",
+                                                  timeout=5).json()["members"])
+
+
+class JoinTest(unittest.TestCase):
+    def setUp(self):
+        self.runtime = require_docker()
+        self.prefix = f"/flynn-test/join{os.getpid()}"
+        self.agents = []
+
+    def tearDown(self):
+        for agent in self.agents:
+            agent.cleanup()
+            remove_host_containers(self.runtime, agent.host_id)
+
+    def host(self, n: int, *args, peers: str = "") -> AgentProcess:
+        """Host n on 127.0.0.(n+1), its etcd member on ports of its own."""
+        ports = (free_port(), free_port())
+        agent = AgentProcess(f"join{n}-{os.getpid()}", ip=f"127.0.0.{n + 1}",
+                             env={"FLYNN_HOST_ETCD_ENDPOINTS": "", "ETCD_PEERS": peers,
+                                  "FLYNN_ETCD_PREFIX": self.prefix},
+                             args=["-heartbeat-ttl", str(TTL), "-etcd-client-port",
+                                   str(ports[0]), "-etcd-peer-port", str(ports[1]), *args])
+        agent.client_url = f"http://127.0.0.{n + 1}:{ports[0]}"
+        agent.peer_addr = f"127.0.0.{n + 1}:{ports[1]}"
+        self.agents.append(agent)
+        return agent
+
+    def hosts_seen_by(self, agent) -> set:
+        resp = agent.client.get("/cluster/hosts")
+        return {h["id"] for h in resp.json()} if resp.status_code == 200 else set()
+
+    def test_hosts_join_with_etcd_peers_up_to_the_member_count(self):
+        first = self.host(1).start()
+        self.assertEqual(members(first.client_url), [first.host_id])
+        second = self.host(2, "-etcd-members", "2", peers=first.peer_addr).start()
+        # the cluster has its two members now: the third runs none of its own
+        third = self.host(3, "-etcd-members", "2", peers=first.peer_addr).start()
+        everyone = {a.host_id for a in self.agents}
+        for agent in self.agents:
+            wait_until(lambda a=agent: self.hosts_seen_by(a) == everyone, 20,
+                       f"{agent.host_id} seeing the three hosts")
+            self.assertEqual(agent.client.get("/cluster/leader").json()["id"], first.host_id)
+        self.assertEqual(members(first.client_url), sorted([first.host_id, second.host_id]))
+        self.assertEqual(members(second.client_url), members(first.client_url))
+        status = third.client.get("/host/status").json()
+        self.assertEqual(status["etcd"], "ok")
+        self.assertEqual([(s["id"], s["running"]) for s in status["layer0"]], [("etcd", False)])
+        self.assertIn("etcd has 2 members already (-etcd-members 2)",
+                      status["layer0"][0]["reason"])
+        self.assertIn("joined etcd as member", second.log(tail=0))
+        layer0 = second.client.get("/host/status").json()["layer0"]
+        self.assertEqual([(s["id"], s["mode"], s["running"], s["healthy"]) for s in layer0],
+                         [("etcd", "process", True, True)])
+
+        # the second host's agent is killed (its member goes with it) and comes back: the member
+        # starts again from its data, the cluster's membership unchanged
+        second.kill()
+        second.start(wait=False)
+        second.wait_ready(timeout=60)
+        self.assertIn("starting it again from its data", second.log(tail=0))
+        wait_until(lambda: self.hosts_seen_by(first) == everyone, 30, "the second back")
+        self.assertEqual(members(first.client_url), sorted([first.host_id, second.host_id]))
+
+        # the second leaves for good (flynn-host leave): its member is removed, its data
+        # deleted, the agent exits 0
+        left = cli("leave", "--json", addr=f"{second.ip}:{second.port}")
+        self.assertEqual(left.returncode, 0, left.stderr)
+        self.assertEqual(simplejson.loads(left.stdout)["host_id"], second.host_id)
+        self.assertIsNotNone(simplejson.loads(left.stdout)["etcd_member_removed"])
+        self.assertEqual(second.proc.wait(timeout=20), 0)
+        self.assertEqual(members(first.client_url), [first.host_id])
+        self.assertFalse(os.path.exists(os.path.join(second.state_dir, "etcd", "data")))
+        wait_until(lambda: self.hosts_seen_by(first) == {first.host_id, third.host_id}, 20,
+                   "the second gone from the cluster at once")
+        # the cluster carries on: a job placed through the third host (which uses the first's
+        # member) runs
+        placed = third.client.post("/cluster/jobs", json={"jobs": [{"id": "after-leave",
+                                   "config": {"image": os.environ.get(
+                                       "FLYNN_TEST_IMAGE", "busybox"), "cmd": ["true"]}}]})
+        self.assertEqual(placed.status_code, 200, placed.text)
+
+    def test_the_last_member_cannot_leave(self):
+        first = self.host(1).start()
+        resp = first.client.post("/host/leave", timeout=40)
+        self.assertEqual((resp.status_code, resp.json()["code"]), (409, "conflict"), resp.text)
+        self.assertIn("the cluster's only one", resp.json()["message"])
+        # the same through the command line: one line, exit 1, and the agent carries on
+        refused = cli("leave", addr=f"{first.ip}:{first.port}")
+        self.assertEqual(refused.returncode, 1, refused.stderr)
+        self.assertEqual(refused.stderr.strip().splitlines(), [
+            "flynn-host leave: this host's etcd member is the cluster's only one: removing it "
+            "would remove the cluster's data"])
+        self.assertIsNone(first.proc.poll())
+        self.assertEqual(first.client.get("/host/status").json()["etcd"], "ok")
+
+    def test_a_host_beyond_the_members_uses_theirs_and_survives_its_agent_restart(self):
+        first = self.host(1, "-etcd-members", "1").start()
+        second = self.host(2, "-etcd-members", "1", peers=first.peer_addr).start()
+        wait_until(lambda: self.hosts_seen_by(first) == {first.host_id, second.host_id}, 20,
+                   "two hosts")
+        self.assertEqual(members(first.client_url), [first.host_id])
+        own = EtcdDiscovery(first.client_url, self.prefix)
+        self.assertEqual({r.host_id for r in own.list_hosts()[1]},
+                         {first.host_id, second.host_id})
+        self.assertEqual(second.stop(signal.SIGTERM), 0)
+        second.start()
+        wait_until(lambda: self.hosts_seen_by(first) == {first.host_id, second.host_id}, 20,
+                   "the second back")
+        self.assertEqual(members(first.client_url), [first.host_id])
