@@ -5,8 +5,8 @@ Figures, each next to a baseline run side by side (the same machine, the same mo
   and cached (run again at once);
 - `docker run` of flynn/host to a serving leader (its etcd member a sibling job, registered,
   leading), versus `docker run` of the bare flynn/etcd image to a healthy member;
-- a host joining with ETCD_PEERS to serving, versus adding a bare etcd member through the
-  members API and starting it to healthy;
+- a host joining with ETCD_PEERS to serving, versus the same done by hand to a bare etcd: a
+  learner added through the members API, started, healthy, promoted;
 - `bin/run`'s way (flynn-host on the machine, etcd as its child process) to a serving leader,
   versus the bare etcd binary to healthy.
 The ratio is the agent's figure over the baseline's: what the agent adds to etcd's own start.
@@ -116,13 +116,16 @@ def main():
                                 until(lambda: serving(second.url))))
         bare.append(f"bench-etcd-{os.getpid()}-b")
 
-        def bare_join():
-            requests.post(f"http://{ip}:2379/v2/members", json={"peerURLs": [
-                f"http://{ip}:2382"]}, timeout=5).raise_for_status()
+        def bare_join():  # what the agent does, by hand: add a learner, start it, promote it
+            added = requests.post(f"http://{ip}:2379/v3/cluster/member/add", json={
+                "peerURLs": [f"http://{ip}:2382"], "isLearner": True}, timeout=5)
+            added.raise_for_status()
             docker("run", "-d", "--name", bare[-1], "--network", "host", "flynn/etcd:3.5.1",
                    *etcd_args("b", ip, 2381, 2382,
                               f"a=http://{ip}:2380,b=http://{ip}:2382", "existing"))
             until(lambda: healthy(f"http://{ip}:2381"))
+            until(lambda: requests.post(f"http://{ip}:2379/v3/cluster/member/promote", json={
+                "ID": added.json()["member"]["ID"]}, timeout=5).status_code == 200)
         rows.append(("a host joining to serving", join_s, timed(bare_join)))
     finally:
         for host in hosts:

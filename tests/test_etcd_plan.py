@@ -71,6 +71,8 @@ class EtcdPlanTest(unittest.TestCase):
         self.assertEqual(set(plan.endpoints[1:]), {"http://10.0.0.1:2379",
                                                    "http://10.0.0.2:2379"})
         self.assertIn("joined etcd as member a1 (3 members now)", plan.reason)
+        # added as a learner: the cluster keeps its quorum; promoted once it has caught up
+        self.assertEqual((plan.member_id, plan.promote), ("a1", True))
 
     def test_a_full_cluster_takes_no_member_and_is_used_as_it_is(self):
         api = FakeMembers([member(1), member(2), member(4)])
@@ -88,7 +90,10 @@ class EtcdPlanTest(unittest.TestCase):
         self.assertEqual([c[0] for c in api.calls], ["list"])
         self.assertTrue(plan.run_member)
         self.assertFalse(plan.wipe_data)
-        self.assertEqual(plan.member_id, "3")
+        self.assertEqual((plan.member_id, plan.promote), ("3", False))
+        # one that started as a learner but was never promoted (its agent died): promoted now
+        learner = Member("3", "h3", ("http://10.0.0.3:2380",), ("http://10.0.0.3:2379",), True)
+        self.assertTrue(join(FakeMembers([member(1), learner]), has_data=True).promote)
 
     def test_a_member_whose_data_is_gone_is_replaced(self):
         api = FakeMembers([member(1), member(3)])

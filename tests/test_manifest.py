@@ -33,7 +33,9 @@ class ManifestTest(unittest.TestCase):
         self.assertEqual(load_manifest(top), services)
 
     def test_services_in_order_with_earlier_ones_named(self):
-        later = {"id": "web", "image": "busybox", "args": ["{services.etcd.ports.client}"],
+        later = {"id": "web", "image": "busybox", "args": ["{services.etcd.ports.client}",
+                                                            "{etcd_peers}", "{etcd_discovery}",
+                                                            "{etcd_endpoints}"],
                  "env": {"ETCD": "http://{services.etcd.external_ip}:{services.etcd.ports.peer}",
                          "HOME_DIR": "{env.HOME}"},
                  "expose_env": ["TZ"], "health": {"tcp": "{external_ip}:80", "timeout_s": 5}}

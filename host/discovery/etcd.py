@@ -371,16 +371,22 @@ class Records:
 
 @dataclass(frozen=True)
 class Member:
-    id: str                      # hex, as the members API takes it
+    id: str                      # hex, as the v2 members API takes it
     name: str                    # "" for a member added but not started yet
     peer_urls: tuple
     client_urls: tuple
+    is_learner: bool = False     # added as a learner, not promoted to a voting member yet
 
 
 class EtcdMembers:
-    """etcd's members API: who is in the cluster, adding this host's member, removing one. The
-    members are first found through any peer address (a member's peer port answers /members),
-    then changed through their client URLs, as `etcdctl member add` does."""
+    """etcd's members API: who is in the cluster, adding this host's member, promoting it,
+    removing one. The members are first found through any peer address (a member's peer port
+    answers /members), then changed through their client URLs, as `etcdctl member add` does.
+
+    A member is added as a learner (etcd's v3 API, through its JSON gateway): it does not count
+    for the quorum until it is promoted, once it has caught up. Added as a voter at once, a
+    cluster of one would lose its quorum until the new member runs, and etcd 3.5.1 spends seven
+    seconds of that start asking the cluster a question only a quorum answers."""
     #: seconds one members request may take
     request_timeout_s = 5
 
@@ -406,10 +412,15 @@ class EtcdMembers:
 
     @staticmethod
     def _member(d: dict) -> Member:
-        raw_id = d["id"]
-        member_id = format(raw_id, "x") if isinstance(raw_id, int) else str(raw_id)
+        """A member as the peer port's /members (decimal id), the v2 API (hex id) or the v3
+        gateway ("ID", a decimal string) tells it."""
+        if "ID" in d:
+            member_id = format(int(d["ID"]), "x")
+        else:
+            raw_id = d["id"]
+            member_id = format(raw_id, "x") if isinstance(raw_id, int) else str(raw_id)
         return Member(member_id, str(d.get("name") or ""), tuple(d.get("peerURLs") or ()),
-                      tuple(d.get("clientURLs") or ()))
+                      tuple(d.get("clientURLs") or ()), bool(d.get("isLearner")))
 
     def through_peers(self, peer_urls) -> list:
         """[Member] as the first of `peer_urls` that answers tells. EtcdUnavailable when none
@@ -427,7 +438,8 @@ class EtcdMembers:
 
     def _through_clients(self, members: list, call):
         problems = []
-        for url in [u for m in members for u in m.client_urls]:
+        voters_first = sorted(members, key=lambda m: m.is_learner)  # a learner serves no change
+        for url in [u for m in voters_first for u in m.client_urls]:
             try:
                 return call(url.rstrip("/"))
             except EtcdUnavailable as e:
@@ -436,10 +448,17 @@ class EtcdMembers:
                               ("; ".join(problems) or "no member has a client URL"))
 
     def add(self, members: list, peer_url: str) -> Member:
-        """Add a member with `peer_url` through the cluster of `members`; the new Member
+        """Add a learner with `peer_url` through the cluster of `members`; the new Member
         (without a name until it starts)."""
         return self._through_clients(members, lambda url: self._member(self._json(
-            "POST", f"{url}/v2/members", {"peerURLs": [peer_url]})))
+            "POST", f"{url}/v3/cluster/member/add", {"peerURLs": [peer_url],
+                                                     "isLearner": True})["member"]))
+
+    def promote(self, members: list, member_id: str) -> None:
+        """Make a learner a voting member. EtcdUnavailable while it has not caught up with
+        the leader (etcd refuses until then): the caller retries."""
+        self._through_clients(members, lambda url: self._json(
+            "POST", f"{url}/v3/cluster/member/promote", {"ID": str(int(member_id, 16))}))
 
     def remove(self, members: list, member_id: str) -> None:
         self._through_clients(members, lambda url: self._json(

@@ -35,7 +35,8 @@ def load_layer0(config, host_id: str) -> Layer0:
                     listen_port=config.listen[1], state_dir=config.state_dir,
                     etcd_client_port=config.etcd_client_port,
                     etcd_peer_port=config.etcd_peer_port,
-                    all_jobs=config.layer0_mode == "jobs")
+                    all_jobs=config.layer0_mode == "jobs", etcd_peers=config.etcd_peers,
+                    etcd_discovery=config.etcd_discovery)
     if layer0.etcd_service is None and not config.etcd_endpoints:
         raise ConfigError(f"-manifest {config.manifest or DEFAULT_MANIFEST}: no service has "
                           '"role": "etcd"; give -etcd-endpoints for an etcd of your own')

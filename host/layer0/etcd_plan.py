@@ -8,7 +8,8 @@
   starts again; if it is one whose data is gone, that member is removed and added anew (etcd
   refuses a known member without its data); if the cluster has `-etcd-members` members already,
   this host runs none and uses theirs; else this host's member is added through the members API
-  and started with the returned cluster and `initial-cluster-state=existing`.
+  (as a learner, promoted to a voter once it has caught up: the cluster keeps its quorum
+  throughout) and started with the returned cluster and `initial-cluster-state=existing`.
 - Neither: the first host, a new single-member cluster (which later hosts join).
 
 Each plan says, in one sentence for the log, why.
@@ -48,6 +49,7 @@ class EtcdPlan:
     bootstrap: tuple = ()         # etcd flags that make the member form or join the cluster
     wipe_data: bool = False       # the member's old data must go before it starts
     member_id: Optional[str] = None
+    promote: bool = False         # a learner: promoted to a voter once it runs and caught up
     extra: dict = field(default_factory=dict)
 
 
@@ -99,7 +101,8 @@ def plan_join(me: MemberAddress, peer_urls: tuple, max_members: int,
     if mine is not None and mine.name and data:
         return EtcdPlan(True, (me.client_url,) + others_endpoints,
                         f"this host is etcd member {mine.id} already: starting it again from "
-                        "its data", bootstrap=_existing(members, me), member_id=mine.id)
+                        "its data", bootstrap=_existing(members, me), member_id=mine.id,
+                        promote=mine.is_learner)
     if mine is not None and mine.name:
         # etcd refuses a member that comes back without its data: replace it
         log.warning("etcd member %s (%s) is this host's but its data is gone; removing it and "
@@ -111,17 +114,17 @@ def plan_join(me: MemberAddress, peer_urls: tuple, max_members: int,
         return EtcdPlan(True, (me.client_url,) + others_endpoints,
                         f"etcd member {mine.id} was added for this host but never started: "
                         "starting it", bootstrap=_existing(members, me), wipe_data=data,
-                        member_id=mine.id)
+                        member_id=mine.id, promote=mine.is_learner)
     if len(members) >= max_members:
         endpoints = tuple(u for m in members for u in m.client_urls)
         return EtcdPlan(False, endpoints, f"etcd has {len(members)} members already "
                         f"(-etcd-members {max_members}): no member here, using theirs")
     added = api.add(members, me.peer_url)
-    members = members + [Member(added.id, me.name, (me.peer_url,), ())]
+    members = members + [Member(added.id, me.name, (me.peer_url,), (), True)]
     return EtcdPlan(True, (me.client_url,) + tuple(u for m in members for u in m.client_urls),
                     f"joined etcd as member {added.id} ({len(members)} members now) through "
                     f"{', '.join(peer_urls)}", bootstrap=_existing(members, me), wipe_data=data,
-                    member_id=added.id)
+                    member_id=added.id, promote=True)
 
 
 def _existing(members: list, me: MemberAddress) -> tuple:

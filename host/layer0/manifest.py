@@ -31,7 +31,7 @@ DEFAULT_HEALTH_TIMEOUT_S = 60.0
 
 #: variables every service may use
 HOST_VARIABLES = ("external_ip", "host_id", "listen_port", "etcd_client_port", "etcd_peer_port",
-                  "etcd_endpoints", "etcd_binary", "data_dir")
+                  "etcd_peers", "etcd_discovery", "etcd_endpoints", "etcd_binary", "data_dir")
 #: variables only the service with role "etcd" may use (the agent plans its membership)
 ETCD_VARIABLES = ("etcd.name", "etcd.bootstrap", "etcd.peer_url", "etcd.client_url",
                   "etcd.listen_client_urls")

@@ -74,7 +74,8 @@ class Layer0:
 
     def __init__(self, services: tuple, *, host_id: str, external_ip: str, listen_port: int,
                  state_dir: str, etcd_client_port: int, etcd_peer_port: int,
-                 all_jobs: bool, environ: Optional[dict] = None):
+                 all_jobs: bool, etcd_peers: tuple = (), etcd_discovery: str = "",
+                 environ: Optional[dict] = None):
         self.services = services
         self.host_id = host_id
         self.external_ip = external_ip
@@ -83,6 +84,7 @@ class Layer0:
         self.environ = dict(os.environ if environ is None else environ)
         self.base = {"external_ip": external_ip, "host_id": host_id, "listen_port": listen_port,
                      "etcd_client_port": etcd_client_port, "etcd_peer_port": etcd_peer_port,
+                     "etcd_peers": ",".join(etcd_peers), "etcd_discovery": etcd_discovery,
                      "etcd_endpoints": ""}
         self.plan: Optional[EtcdPlan] = None
         self.running: dict = {}          # service id -> Running
@@ -212,6 +214,8 @@ class Layer0:
                 self.running[service.id] = self._start_process(service, variables)
             else:
                 self.running[service.id] = self._start_job(service, variables, agent)
+            if service.role == "etcd" and self.plan.promote:
+                self._promote(self.plan.member_id)
             log.info("layer 0: %s is up (%s)", service.id, self.describe(service.id))
         if self.plan is not None:
             self.base["etcd_endpoints"] = ",".join(self.plan.endpoints)
@@ -337,6 +341,26 @@ class Layer0:
         del self.running[service.id]
         self.wipe(service, agent.runtime, agent.table)
         return mine.id if mine is not None else None
+
+    #: seconds a learner's promotion is retried (etcd refuses until it has caught up)
+    promotion_s = 60
+
+    def _promote(self, member_id: str):
+        """This host's member joined as a learner and runs: make it a voting member."""
+        api = EtcdMembers()
+        deadline = time.monotonic() + self.promotion_s
+        backoff = Backoff(f"promoting etcd member {member_id}", log, max_s=2)
+        while True:
+            try:
+                members = api.through_peers([self.member_address().peer_url])
+                api.promote(members, member_id)
+                backoff.succeeded()
+                log.info("layer 0: etcd member %s is a voting member now", member_id)
+                return
+            except errors.Unavailable as e:
+                if time.monotonic() > deadline:
+                    raise
+                backoff.failed(e)
 
     #: seconds a member's removal is retried: etcd refuses to remove one while the others have
     #: been connected for less than its health interval (5 s: a member that just restarted)
