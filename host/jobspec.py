@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from host.errors import ValidationError
+from host.fields import known_fields
 from host.types import NETWORKS, Job, JobConfig, PortSpec, Resources, VolumeSpec, id_problem
 
 JOB_FIELDS = {"id", "config", "resources", "attributes"}
@@ -34,12 +35,7 @@ def _fail(path: str, problem: str):
 
 
 def _object(value, path: str, allowed: set) -> dict:
-    if not isinstance(value, dict):
-        _fail(path, "must be an object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        _fail(path, "unknown field(s) " + ", ".join(unknown))
-    return value
+    return known_fields(value, path, allowed, ValidationError)
 
 
 def _int(value, path: str, low: int, high: int, hint: str = "") -> int:

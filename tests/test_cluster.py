@@ -149,6 +149,9 @@ class ClusterTest(ClusterTestCase):
         cursor = second.client.get("/cluster/events").json()["cursor"]  # forwarded
         third.client.put_job("ev1", job_body(["sleep", "60"]))
         third.client.wait_status("ev1", "running")
+        # published, not only running: the kill must not beat the heartbeat that tells it
+        wait_until(lambda: self.status_in_mirror(first, "ev1") == "running", 10,
+                   "ev1 running in the leader's mirror")
         third.kill()  # its running job is lost with it
 
         def events_since(agent, since):

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from host.fields import known_fields
 from host.types import id_problem
 
 SERVICE_FIELDS = {"id", "image", "command", "entrypoint", "args", "env", "expose_env", "ports",
@@ -164,12 +165,7 @@ def parse_manifest(data) -> tuple:
 
 
 def _object(value, path: str, allowed: set) -> dict:
-    if not isinstance(value, dict):
-        _fail(path, "must be an object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        _fail(path, "unknown field(s) " + ", ".join(unknown))
-    return value
+    return known_fields(value, path, allowed, ManifestError)
 
 
 def _str_list(value, path: str) -> Optional[tuple]:
