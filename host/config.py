@@ -265,8 +265,13 @@ class Config:
     """Validated settings, read-only once built. Attribute names are the settings' names with
     underscores (config.state_dir)."""
 
-    def __init__(self, values: dict):
+    def __init__(self, values: dict, given: frozenset = frozenset()):
         object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_given", frozenset(given))
+
+    def was_given(self, name: str) -> bool:
+        """Whether the setting came from a flag or the environment, not its default."""
+        return name.replace("-", "_") in self._given
 
     def __getattr__(self, name):
         try:
@@ -278,7 +283,7 @@ class Config:
         raise AttributeError("Config is frozen")
 
     def replace(self, **changes) -> "Config":
-        return Config({**self._values, **changes})
+        return Config({**self._values, **changes}, self._given | set(changes))
 
     @property
     def attributes(self) -> dict:
@@ -343,7 +348,8 @@ def load_config(argv: list, environ: Optional[dict] = None) -> Config:
             values[setting.attr] = tuple(_parse_value(setting, r, source) for r in raw)
         else:
             values[setting.attr] = _parse_value(setting, raw, source)
-    return Config(values)
+    given = {s.attr for s in SETTINGS if s.attr in flags or environ.get(s.env, "") != ""}
+    return Config(values, frozenset(given))
 
 
 def usage() -> str:

@@ -261,6 +261,10 @@ class Layer0DockerTest(unittest.TestCase):
         finally:
             os.unlink(bad.name)
         self.assertEqual(proc.returncode, 2, proc.stderr)
+        # in a container the address cannot be guessed: it must be given
+        guessed = docker("run", "--rm", IMAGE, check=False)
+        self.assertEqual(guessed.returncode, 2, guessed.stderr)
+        self.assertIn("-external IP is required", guessed.stderr)
         self.assertEqual(proc.stderr.strip().splitlines(), [
             "flynn-host: manifest /etc/flynn-host/manifest.json: [0].health.http: "
             "{etcd.clinet_url}: unknown variable (see docs/LAYER0.md)"])

@@ -138,6 +138,15 @@ class DaemonManifestTest(unittest.TestCase):
         self.assertIn('no service has "role": "etcd"; give -etcd-endpoints', proc.stderr)
         self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
 
+    def test_jobs_mode_needs_an_explicit_external_address(self):
+        env = {k: v for k, v in os.environ.items() if k != "FLYNN_HOST_EXTERNAL"}
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run([sys.executable, FLYNN_HOST, "-layer0-mode", "jobs",
+                                   "-state-dir", tmp], env=env, capture_output=True, text=True,
+                                  timeout=60)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn("-external IP is required with -layer0-mode jobs", proc.stderr)
+
     def test_a_missing_manifest_file_is_a_usage_error(self):
         proc = subprocess.run([sys.executable, FLYNN_HOST, "-manifest", "/nonexistent.json"],
                               capture_output=True, text=True, timeout=60)

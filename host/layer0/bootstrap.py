@@ -19,7 +19,12 @@ DEFAULT_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "man
 
 
 def check_etcd_settings(config):
-    """ConfigError (exit 2) for settings that contradict each other."""
+    """ConfigError (exit 2) for settings that contradict each other, or that cannot be guessed."""
+    if config.layer0_mode == "jobs" and not config.was_given("external"):
+        # in a container, the guess would be the container's own address, which neither other
+        # hosts nor the etcd member (on the machine's network) can use
+        raise ConfigError("-external IP is required with -layer0-mode jobs (as in the flynn/host "
+                          "image): the machine's address, where other hosts reach this one")
     if config.etcd_endpoints and (config.etcd_peers or config.etcd_discovery):
         raise ConfigError("-etcd-endpoints (an etcd of the operator's) cannot go with "
                           "ETCD_PEERS or ETCD_DISCOVERY (which make this host run a member)")
