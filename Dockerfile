@@ -24,8 +24,11 @@ COPY manifest.json /etc/flynn-host/manifest.json
 # state (the job table, the host id) in /var/lib/flynn-host: mount a volume there to keep it
 # across container replacements (without it, a new container rebuilds the table from the
 # containers' labels)
+# The API listens on all the container's addresses (for -p 1113:1113): without a token file
+# (-e FLYNN_HOST_TOKEN_FILE=... and the file mounted) it is open, and the agent says so loudly.
 ENV FLYNN_HOST_MANIFEST=/etc/flynn-host/manifest.json \
     FLYNN_HOST_LAYER0_MODE=jobs \
+    FLYNN_HOST_LISTEN=0.0.0.0:1113 \
     FLYNN_HOST_STATE_DIR=/var/lib/flynn-host \
     DOCKER_HOST=unix:///var/run/docker.sock \
     PYTHONUNBUFFERED=1

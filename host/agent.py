@@ -19,6 +19,7 @@ import gevent.event
 import gevent.pool
 
 import host
+from host.auth import read_token
 from host.clock import Clock
 from host.cluster.assignments import AssignmentWatcher
 from host.cluster.scheduler import ClaimRecords, JobScheduler
@@ -60,6 +61,8 @@ class Agent:
         self.services: dict = {}
         self.crashed = gevent.event.AsyncResult()
         self.left = gevent.event.Event()   # the host left the cluster for good: the daemon exits
+        #: the API token (None: the API is open); agents of one cluster share it
+        self.token = read_token(config.auth_token_file) if config.auth_token_file else None
         self.supervisor = JobSupervisor(
             host_id=self.host_id, external_ip=config.external, bind_ip=config.bind,
             capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
@@ -90,6 +93,10 @@ class Agent:
         host id is another live agent's, FlynnError when -force cannot reach Docker."""
         log.info("host %s starting (addr %s, state dir %s, %d jobs in the table)", self.host_id,
                  self.config.addr, self.config.state_dir, len(self.table.list()))
+        if self.token is None:
+            log.warning("THE API IS OPEN: no -auth-token-file, so anyone who reaches it can run "
+                        "containers on this machine and read every job's output and "
+                        "environment (it listens on %s:%d)", *self.config.listen)
         if self.config.force:
             self.supervisor.kill_leftovers()  # Unavailable propagates: -force needs Docker
         self.start_service("docker-events", self.supervisor.follow_runtime_events)
@@ -218,6 +225,25 @@ class Agent:
             "events_cursor": self.table.events.last_cursor,
             "layer0": self.layer0.status() if self.layer0 is not None else [],
         }
+
+    def readiness(self) -> dict:
+        """{check: "ok" or what is wrong} for GET /readyz."""
+        checks = {}
+        try:
+            self.runtime.ping()
+            checks["docker"] = "ok" if self.supervisor.events_connected else \
+                "not following its events yet"
+        except FlynnError as e:
+            checks["docker"] = f"unreachable ({e})"
+        if self.discovery is not None:
+            checks["etcd"] = self._etcd_state()
+            checks["registration"] = "ok" if self.heartbeat.registration is not None else \
+                "not registered in etcd yet"
+        for service in self.layer0.status() if self.layer0 is not None else ():
+            if service["running"]:
+                checks[f"layer0.{service['id']}"] = "ok" if service["healthy"] else \
+                    "not healthy"
+        return checks
 
     def _etcd_state(self) -> str:
         if self.discovery is None:

@@ -21,6 +21,7 @@ from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
 from host import errors
+from host.auth import bearer, client_token
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ FORWARDED_BY = "X-Flynn-Forwarded-By"
 ERROR_CLASSES = {cls.code: cls for cls in (
     errors.ValidationError, errors.NotFound, errors.MethodNotAllowed, errors.Conflict,
     errors.CursorExpired, errors.TooLarge, errors.NoCapacity, errors.Unavailable,
-    errors.NotLeader, errors.InternalError)}
+    errors.NotLeader, errors.InternalError, errors.Unauthorized)}
 
 
 class AgentUnreachable(errors.FlynnError):
@@ -63,12 +64,13 @@ def error_from_body(status: int, content: bytes, url: str) -> errors.FlynnError:
 
 
 def forward(addr: str, method: str, path: str, query: str, body: bytes, content_type: str,
-            forwarded_by: str, extra_timeout_s: float = 0) -> requests.Response:
+            forwarded_by: str, token: Optional[str] = None,
+            extra_timeout_s: float = 0) -> requests.Response:
     """Send a request on to the agent at `addr` as it came (the leader's answer is relayed
-    unchanged), saying which agent forwards it; NotLeader (503, retry) if it cannot be
-    reached."""
+    unchanged), saying which agent forwards it, with the cluster's token; NotLeader (503,
+    retry) if it cannot be reached."""
     url = f"http://{addr}{path}" + (f"?{query}" if query else "")
-    headers = {FORWARDED_BY: forwarded_by}
+    headers = {FORWARDED_BY: forwarded_by, **bearer(token)}
     if content_type:
         headers["Content-Type"] = content_type
     try:
@@ -91,10 +93,15 @@ class _Client:
     #: seconds an ordinary call may take
     timeout_s = 10.0
 
-    def __init__(self, addr: str, timeout_s: Optional[float] = None):
+    def __init__(self, addr: str, timeout_s: Optional[float] = None,
+                 token: Optional[str] = None):
+        """`token`: the agent's API token; without one, FLYNN_HOST_TOKEN or the file named by
+        FLYNN_HOST_TOKEN_FILE, if set."""
         self.addr = addr if "://" in addr else f"http://{addr}"
         self.timeout_s = timeout_s or self.timeout_s
+        self.token = token or client_token()
         self.http = requests.Session()
+        self.http.headers.update(bearer(self.token))
 
     def _request(self, method: str, path: str, *, extra_timeout_s: float = 0,
                  stream: bool = False, **kwargs) -> requests.Response:
@@ -147,7 +154,8 @@ class AttachSocket(WebSocketBase):
     - a refused upgrade raises the agent's typed error from its JSON body (a 404, a 400), not a
       bare status code."""
 
-    def __init__(self, url: str, timeout_s: float):
+    def __init__(self, url: str, timeout_s: float, token: Optional[str] = None):
+        self.token = token
         parts = urlsplit(url)
         self.host, self.port = parts.hostname, parts.port or 80
         self.target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -160,7 +168,9 @@ class AttachSocket(WebSocketBase):
             raise
 
     def handshake(self):
-        self.sock.sendall(self.ws.send(Request(host=self.host, target=self.target)))
+        headers = [(k.encode(), v.encode()) for k, v in bearer(self.token).items()]
+        self.sock.sendall(self.ws.send(Request(host=self.host, target=self.target,
+                                               extra_headers=headers)))
         rejected, body = None, b""
         while True:
             data = self.sock.recv(self.receive_bytes)
@@ -247,7 +257,7 @@ class HostClient(_Client):
         if size:
             url += f"?height={size[0]}&width={size[1]}"
         try:
-            return Attachment(AttachSocket(url, self.timeout_s))
+            return Attachment(AttachSocket(url, self.timeout_s, self.token))
         except OSError as e:
             raise AgentUnreachable(f"cannot attach through {self.addr}: {e}") from e
 

@@ -120,6 +120,14 @@ def parse_member_count(text: str) -> int:
     return _int_between(text, 1, 9)
 
 
+def parse_token_file(text: str) -> str:
+    from host.auth import read_token  # checked now: a bad file is a usage error, exit 2
+    path = text.strip()
+    if path:
+        read_token(path)
+    return path
+
+
 def parse_layer0_mode(text: str) -> str:
     mode = text.strip().lower()
     if mode not in ("auto", "jobs"):
@@ -212,7 +220,12 @@ class Setting:
 SETTINGS = (
     Setting("external", parse_ip, guess_external_ip, "IP other hosts and jobs reach this host at "
             "(default: the address of the default route's interface)", "IP"),
-    Setting("listen", parse_listen, ("0.0.0.0", 1113), "address the HTTP API listens on", "ADDR"),
+    Setting("listen", parse_listen, None, "address the HTTP API listens on (default: "
+            "0.0.0.0:1113 with -auth-token-file, 127.0.0.1:1113 without: an open API stays on "
+            "this machine unless you say otherwise)", "ADDR"),
+    Setting("auth-token-file", parse_token_file, "", "file holding the API token: every route "
+            "but /healthz then asks for Authorization: Bearer <token>", "FILE",
+            env_name="FLYNN_HOST_TOKEN_FILE"),
     Setting("bind", parse_bind_ip, "", "IP that jobs' published ports bind to (default: all)",
             "IP"),
     Setting("id", parse_host_id, None, "host id (default: derived from the hostname once, then "
@@ -299,6 +312,7 @@ def _parse_value(setting: Setting, raw: str, source: str):
         return setting.parse(raw)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{source}: invalid value {raw!r}: {e}") from None
+    # (a TokenError is a ValueError: its message names the file, never what the file holds)
 
 
 def parse_flags(argv: list) -> dict:
@@ -349,6 +363,8 @@ def load_config(argv: list, environ: Optional[dict] = None) -> Config:
         else:
             values[setting.attr] = _parse_value(setting, raw, source)
     given = {s.attr for s in SETTINGS if s.attr in flags or environ.get(s.env, "") != ""}
+    if values["listen"] is None:
+        values["listen"] = ("0.0.0.0" if values["auth_token_file"] else "127.0.0.1", 1113)
     return Config(values, frozenset(given))
 
 

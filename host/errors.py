@@ -49,6 +49,10 @@ class ValidationError(FlynnError):
     code = "validation_error"
 
 
+class Unauthorized(FlynnError):
+    code = "unauthorized"
+
+
 class NotFound(FlynnError):
     code = "not_found"
 

@@ -73,9 +73,11 @@ def job_body(cmd, **config) -> dict:
 class AgentClient:
     """A thin HTTP helper for tests (the real client library is host.client, a later issue)."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, token: str = None):
         self.url = base_url
         self.http = requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
 
     def get(self, path, **kw):
         return self.http.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
@@ -144,17 +146,19 @@ class AgentProcess:
     """bin/flynn-host as a real process on 127.0.0.1:<free port> with its own state dir."""
 
     def __init__(self, host_id: str, state_dir: str = None, args=(), env=None, ip="127.0.0.1",
-                 port: int = None):
+                 port: int = None, token_file: str = None):
+        """`token_file`: the agent asks for that token, and self.client sends it."""
         self.host_id = host_id
         self.ip = ip
         self.port = port or free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix=f"flynn-{host_id}-")
-        self.args = list(args)
+        self.args = list(args) + (["-auth-token-file", token_file] if token_file else [])
+        token = open(token_file).read().strip() if token_file else None
         # a cluster of its own unless the test shares a prefix between agents
         self.env = {**os.environ, "FLYNN_ETCD_PREFIX": f"/flynn-test/{host_id}", **(env or {})}
         self.proc = None
         self.log_path = os.path.join(self.state_dir, "agent.log")
-        self.client = AgentClient(f"http://{ip}:{self.port}")
+        self.client = AgentClient(f"http://{ip}:{self.port}", token)
 
     def start(self, extra_args=(), wait=True) -> "AgentProcess":
         cmd = [sys.executable, FLYNN_HOST, "-id", self.host_id, "-state-dir", self.state_dir,
@@ -229,7 +233,7 @@ class DockerAgentTestCase(unittest.TestCase):
 class InProcessAgent:
     """An Agent with the given runtime, served in this process on a free loopback port."""
 
-    def __init__(self, runtime, flags=(), clock=None, state_dir=None):
+    def __init__(self, runtime, flags=(), clock=None, state_dir=None, token=None):
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="flynn-inproc-")
         argv = ["-id", "inproc", "-state-dir", self.state_dir, "-external", "127.0.0.1",
                 "-memory-mb", "1000", "-cpu-shares", "1024", "-ports", "40000-40099", *flags]
@@ -238,7 +242,7 @@ class InProcessAgent:
         self.agent.start()
         wait_until(lambda: self.agent.supervisor.events_connected, 5, "following runtime events")
         self.server = wsgi_server(create_app(self.agent), "127.0.0.1", 0)
-        self.client = AgentClient(f"http://127.0.0.1:{self.server.server_port}")
+        self.client = AgentClient(f"http://127.0.0.1:{self.server.server_port}", token)
         self.stopped = False
 
     def stop(self):

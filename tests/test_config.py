@@ -13,7 +13,8 @@ from tests.support import FLYNN_HOST
 class ConfigTest(unittest.TestCase):
     def test_defaults(self):
         config = load_config([], environ={})
-        self.assertEqual(config.listen, ("0.0.0.0", 1113))
+        # an open API (no token) stays on this machine unless told otherwise
+        self.assertEqual(config.listen, ("127.0.0.1", 1113))
         self.assertEqual(config.ports, (49152, 65535))
         self.assertEqual(config.bind, "")
         self.assertIsNone(config.id)

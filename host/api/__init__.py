@@ -11,10 +11,12 @@ import simplejson
 
 from host.api import attach as attach_routes
 from host.api import cluster as cluster_routes
+from host.api import health as health_routes
 from host.api import host as host_routes
 from host.api.events import events_response
 from host.api.http import JSON_TYPE, json_errors, router_error
-from host.errors import FlynnError, InternalError
+from host.auth import OPEN_PATHS, TokenCheck
+from host.errors import FlynnError, InternalError, Unauthorized
 from host.server import UPGRADED
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,13 @@ class AgentApp(bottle.Bottle):
     def __init__(self, agent):
         super().__init__(catchall=True)
         self._event_log = agent.table.events
+        self._token = TokenCheck(agent.token) if agent.token else None
 
     def __call__(self, environ, start_response):
+        # before anything else, the fast lane and the attach upgrade included
+        if self._token is not None and environ.get("PATH_INFO") not in OPEN_PATHS and \
+                not self._token.allows(environ.get("HTTP_AUTHORIZATION", "")):
+            return self._unauthorized(environ, start_response)
         if environ.get("PATH_INFO") == "/host/events" and environ.get("REQUEST_METHOD") == "GET":
             return self._events_fast_lane(environ, start_response)
         result = super().__call__(environ, start_response)
@@ -41,6 +48,17 @@ class AgentApp(bottle.Bottle):
             # the application reports it reset.
             raise ConnectionResetError(errno.ECONNRESET, "the WebSocket on this connection ended")
         return result
+
+    @staticmethod
+    def _unauthorized(environ, start_response):
+        error = Unauthorized("missing or wrong token" if environ.get("HTTP_AUTHORIZATION")
+                             else "this agent asks for a token: send Authorization: Bearer "
+                             "<token> (FLYNN_HOST_TOKEN, or --token-file with the CLI)")
+        body = simplejson.dumps(error.to_dict()).encode()
+        start_response("401 Unauthorized", [
+            ("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
+            ("WWW-Authenticate", 'Bearer realm="flynn-host"')])
+        return [body]
 
     def _events_fast_lane(self, environ, start_response):
         query = {name: values[-1] for name, values in
@@ -66,6 +84,7 @@ def create_app(agent) -> bottle.Bottle:
     app.uninstall(bottle.JSONPlugin)   # we write JSON ourselves, with simplejson
     app.install(json_errors)
     app.default_error_handler = router_error
+    health_routes.install(app, agent)
     host_routes.install(app, agent)
     cluster_routes.install(app, agent)
     attach_routes.install(app, agent)

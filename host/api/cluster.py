@@ -47,7 +47,7 @@ def install(app: bottle.Bottle, agent):
                 return bottle.HTTPResponse(status=307, headers={"Location": location})
             answer = client.forward(leader.addr, request.method, path,
                                     request.query_string, request.body.read(),
-                                    request.content_type, agent.host_id,
+                                    request.content_type, agent.host_id, agent.token,
                                     extra_timeout_s=float_param(request.query, "wait", 0, 0,
                                                                 MAX_WAIT_S))
             return bottle.HTTPResponse(answer.content, answer.status_code, headers={
@@ -89,7 +89,7 @@ def install(app: bottle.Bottle, agent):
         request = bottle.request
         answer = client.forward(registered.addr, "DELETE",
                                 client.route_path("host", "jobs", job_id),
-                                request.query_string, b"", "", agent.host_id)
+                                request.query_string, b"", "", agent.host_id, agent.token)
         return bottle.HTTPResponse(answer.content, answer.status_code, headers={
             "Content-Type": answer.headers.get("Content-Type", "application/json")})
 

@@ -14,6 +14,7 @@ import gevent
 import simplejson
 
 from host import errors
+from host.auth import TokenError, client_token
 from host.client import AgentUnreachable, ClusterClient, HostClient
 from host.types import id_problem
 
@@ -29,6 +30,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{self.prog}: {message}")
 
+    def parse_args(self, args=None, namespace=None):
+        """The arguments, with `token`: the agent's API token from --token-file or the
+        environment (None without one)."""
+        parsed = super().parse_args(args, namespace)
+        try:
+            parsed.token = client_token(getattr(parsed, "token_file", None))
+        except TokenError as e:
+            raise UsageError(f"{self.prog}: --token-file: {e}") from None
+        return parsed
+
 
 def _parser(name: str, description: str, examples: str) -> _Parser:
     parser = _Parser(prog=f"flynn-host {name}", description=description,
@@ -38,6 +49,9 @@ def _parser(name: str, description: str, examples: str) -> _Parser:
                                                                         DEFAULT_ADDR),
                         help="agent address (env FLYNN_HOST_ADDR, default %(default)s)")
     parser.add_argument("--json", "-json", action="store_true", help="machine-readable output")
+    parser.add_argument("--token-file", "-token-file", metavar="FILE",
+                        help="file holding the agent's API token (or env FLYNN_HOST_TOKEN, or "
+                             "FLYNN_HOST_TOKEN_FILE)")
     return parser
 
 
@@ -85,12 +99,12 @@ def _ports(ports: list) -> str:
     return ",".join(f"{p['port']}->{p['container_port']}/{p['proto']}" for p in ports)
 
 
-def _hosts_of(addr: str, job_ids: list) -> list:
+def _hosts_of(addr: str, job_ids: list, token) -> list:
     """[(HostClient of the host running the job, its ActiveJob)] for each of `job_ids`: the
     agent at `addr` if it has the job, else the host the cluster leader's mirror places it on
     (read once for all of them), so that `ps --cluster -q | xargs flynn-host stop` works from
     any host."""
-    local, mirror, found = HostClient(addr), None, []
+    local, mirror, found = HostClient(addr, token=token), None, []
     for job_id in job_ids:
         try:
             found.append((local, local.job(job_id)))
@@ -98,20 +112,20 @@ def _hosts_of(addr: str, job_ids: list) -> list:
         except errors.NotFound as not_here:
             if mirror is None:
                 try:
-                    mirror = ClusterClient(addr).hosts()
+                    mirror = ClusterClient(addr, token=token).hosts()
                 except errors.FlynnError:
                     raise not_here from None  # no cluster to ask: the local answer stands
         host_addr = next((host["addr"] for host in mirror
                           if any(job["id"] == job_id for job in host.get("jobs", []))), None)
         if host_addr is None:
             raise errors.NotFound(f"no job {job_id!r} on this host or elsewhere in the cluster")
-        remote = HostClient(host_addr)
+        remote = HostClient(host_addr, token=token)
         found.append((remote, remote.job(job_id)))
     return found
 
 
-def _host_of(addr: str, job_id: str) -> tuple:
-    return _hosts_of(addr, [job_id])[0]
+def _host_of(addr: str, job_id: str, token) -> tuple:
+    return _hosts_of(addr, [job_id], token)[0]
 
 
 # ---- the commands ---------------------------------------------------------------------------
@@ -129,7 +143,7 @@ def cmd_ps(argv):
                         help="one host's jobs, from the leader")
     args = parser.parse_args(argv)
     if args.cluster or args.host:
-        cluster = ClusterClient(args.addr)
+        cluster = ClusterClient(args.addr, token=args.token)
         hosts = [cluster.host(args.host)] if args.host else cluster.hosts()
         rows = [dict(job, host_id=host["id"]) for host in hosts for job in host.get("jobs", [])]
         rows = [{"id": j["id"], "status": j["status"], "image": j["image"], "command": "",
@@ -139,7 +153,7 @@ def cmd_ps(argv):
         rows = [{"id": j["job"]["id"], "status": j["status"], "image": j["job"]["config"]["image"],
                  "command": " ".join(j["job"]["config"]["cmd"] or []),
                  "created_at": j["created_at"], "host_id": j["host_id"], "ports": j["ports"],
-                 "raw": j} for j in HostClient(args.addr).jobs()]
+                 "raw": j} for j in HostClient(args.addr, token=args.token).jobs()]
     if not args.all:
         rows = [r for r in rows if r["status"] in ("starting", "running")]
     if args.json:
@@ -158,7 +172,7 @@ def cmd_inspect(argv):
                      "it.", "  flynn-host inspect web-1")
     parser.add_argument("job_id", type=_job_id)
     args = parser.parse_args(argv)
-    _print_json(_host_of(args.addr, args.job_id)[1])
+    _print_json(_host_of(args.addr, args.job_id, args.token)[1])
 
 
 def cmd_log(argv):
@@ -171,7 +185,7 @@ def cmd_log(argv):
     if args.tail is not None and args.tail < 0:
         raise UsageError("flynn-host log: --tail must be 0 or more")
     out = sys.stdout.buffer
-    host, _ = _host_of(args.addr, args.job_id)
+    host, _ = _host_of(args.addr, args.job_id, args.token)
     for chunk in host.log(args.job_id, follow=args.follow, tail=args.tail):
         out.write(chunk)
         out.flush()
@@ -187,7 +201,7 @@ def cmd_stop(argv):
                         help="seconds before SIGKILL (default 10)")
     args = parser.parse_args(argv)
     with Progress(f"stopping {len(args.job_ids)} job(s)"):
-        hosts = [host for host, _ in _hosts_of(args.addr, args.job_ids)]
+        hosts = [host for host, _ in _hosts_of(args.addr, args.job_ids, args.token)]
         for host, job_id in zip(hosts, args.job_ids):
             host.stop_job(job_id, args.timeout)
         # like docker stop: return once they have stopped
@@ -208,14 +222,14 @@ def cmd_signal(argv):
     parser.add_argument("signal")
     args = parser.parse_args(argv)
     signal = int(args.signal) if args.signal.isdigit() else args.signal
-    job = _host_of(args.addr, args.job_id)[0].signal_job(args.job_id, signal)
+    job = _host_of(args.addr, args.job_id, args.token)[0].signal_job(args.job_id, signal)
     _print_json(job) if args.json else print(job["job"]["id"])
 
 
 def cmd_status(argv):
     parser = _parser("status", "This agent's status.", "  flynn-host status --json")
     args = parser.parse_args(argv)
-    status = HostClient(args.addr).status()
+    status = HostClient(args.addr, token=args.token).status()
     if args.json:
         _print_json(status)
         return
@@ -237,7 +251,7 @@ def cmd_leave(argv):
                      "  flynn-host leave\n  flynn-host leave -H 10.0.0.7:1113")
     args = parser.parse_args(argv)
     with Progress("leaving the cluster"):
-        left = HostClient(args.addr).leave()
+        left = HostClient(args.addr, token=args.token).leave()
     if args.json:
         _print_json(left)
         return
@@ -250,7 +264,7 @@ def cmd_leader(argv):
     parser = _parser("leader", "The cluster leader.", "  flynn-host leader")
     args = parser.parse_args(argv)
     with Progress("waiting for a leader"):
-        leader = ClusterClient(args.addr).leader()
+        leader = ClusterClient(args.addr, token=args.token).leader()
     _print_json(leader) if args.json else print(f"{leader['id']} {leader['addr']}")
 
 
@@ -259,7 +273,7 @@ def cmd_hosts(argv):
                      "  flynn-host hosts\n  flynn-host hosts --json")
     args = parser.parse_args(argv)
     with Progress("waiting for the cluster leader"):
-        hosts = ClusterClient(args.addr).hosts()
+        hosts = ClusterClient(args.addr, token=args.token).hosts()
     if args.json:
         _print_json(hosts)
         return
@@ -284,7 +298,7 @@ def cmd_events(argv):
                              "oldest retained event)")
     parser.add_argument("--cluster", "-cluster", action="store_true")
     args = parser.parse_args(argv)
-    client = ClusterClient(args.addr) if args.cluster else HostClient(args.addr)
+    client = (ClusterClient if args.cluster else HostClient)(args.addr, token=args.token)
 
     def show(event):
         if args.json:
@@ -380,13 +394,13 @@ def cmd_run(argv):
            "resources": {"memory_mb": args.memory, "cpu_shares": args.cpu}}
     if args.id:
         job["id"] = args.id
-    cluster = ClusterClient(args.addr)
+    cluster = ClusterClient(args.addr, token=args.token)
     with Progress("placing the job (waiting for the cluster leader)"):
         placed = cluster.add_jobs([job], host_id=args.on)[0]
     if args.detach:
         _print_json(placed) if args.json else print(placed["job_id"])
         return EXIT_OK
-    host = HostClient(cluster.host(placed["host_id"])["addr"])
+    host = HostClient(cluster.host(placed["host_id"])["addr"], token=args.token)
     job_id = placed["job_id"]
     if args.interactive or args.tty:
         return _interactive(host.attach(job_id, size=_terminal_size() if args.tty else None),
@@ -415,7 +429,7 @@ def cmd_attach(argv):
     parser.add_argument("-t", "--tty", action="store_true", help="our terminal goes raw")
     parser.add_argument("job_id", type=_job_id)
     args = parser.parse_args(argv)
-    host, _ = _host_of(args.addr, args.job_id)  # a clear 404 before any upgrade
+    host, _ = _host_of(args.addr, args.job_id, args.token)  # a clear 404 before any upgrade
     attachment = host.attach(args.job_id)
     size = _terminal_size() if args.tty else None
     if size:
