@@ -67,7 +67,7 @@ class Agent:
             host_id=self.host_id, external_ip=config.external, bind_ip=config.bind,
             capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
             table=self.table, ports=self.ports, clock=self.clock, spawn=self.spawn_task,
-            on_forgotten=self._forgotten)
+            on_forgotten=self._forgotten, registries=config.registries)
         self.started_at = self.clock.now_text()
         self.discovery = discovery
         self.layer0 = layer0

@@ -128,6 +128,14 @@ def parse_token_file(text: str) -> str:
     return path
 
 
+def parse_registries(text: str) -> tuple:
+    hosts = tuple(h.strip().lower() for h in text.split(",") if h.strip())
+    for host in hosts:
+        if "/" in host or " " in host:
+            raise ValueError(f"{host!r} is not a registry host (HOST or HOST:PORT)")
+    return hosts
+
+
 def parse_layer0_mode(text: str) -> str:
     mode = text.strip().lower()
     if mode not in ("auto", "jobs"):
@@ -249,6 +257,9 @@ SETTINGS = (
     Setting("task-concurrency", positive_int, 64, "background tasks (container starts, stops) "
             "run at once; the engine slows down with too many parallel starts", "N"),
     Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
+    Setting("registries", parse_registries, (), "registries images may be pulled from, "
+            "comma-separated (docker.io for Docker Hub; default: any). Images already on the "
+            "engine are used whatever their name", "HOSTS"),
     Setting("manifest", parse_manifest_path, "", "the layer-0 manifest: services started before "
             "the host registers (default: the one shipped in the package, which runs etcd)",
             "FILE"),

@@ -77,6 +77,13 @@ class _Handler(WSGIHandler):
     def MessageClass(self, fp, *args):
         return read_headers(fp)
 
+    def get_environ(self):
+        env = super().get_environ()
+        # the request target as sent, before pywsgi decodes it into PATH_INFO (gunicorn gives
+        # the same name): the app checks the path's escapes there (host.api.http.path_problem)
+        env["RAW_URI"] = self.path
+        return env
+
     def handle_one_request(self):
         result = super().handle_one_request()
         if self.environ is not None and self.environ.get(UPGRADED):

@@ -25,6 +25,15 @@ from host.types import CRASHED, DONE, FAILED, RUNNING, STARTING, ActiveJob, Host
 log = logging.getLogger(__name__)
 
 
+def image_registry(image: str) -> str:
+    """The registry an image reference names, as Docker reads it: the first component when it
+    looks like a host (a dot, a port, or localhost), else Docker Hub."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first.lower()
+    return "docker.io"
+
+
 class AttachSlot:
     """An attach waiting on a job: `created` when its container exists, `attached` when the
     attach holds the container's streams (the job is started only then)."""
@@ -44,7 +53,8 @@ class JobSupervisor:
     def __init__(self, *, host_id: str, external_ip: str, bind_ip: str, capacity: HostResources,
                  retain_ended: int, runtime: Runtime, table: JobTable, ports: PortAllocator,
                  clock: Clock, spawn: Callable,
-                 on_forgotten: Optional[Callable[[ActiveJob], None]] = None):
+                 on_forgotten: Optional[Callable[[ActiveJob], None]] = None,
+                 registries: tuple = ()):
         self.host_id = host_id
         self.external_ip = external_ip
         self.bind_ip = bind_ip
@@ -56,6 +66,7 @@ class JobSupervisor:
         self.clock = clock
         self._spawn = spawn           # runs a background task in the agent's bounded pool
         self._on_forgotten = on_forgotten  # told of each ended job retention drops
+        self.registries = tuple(registries)  # registries images may be pulled from; () = any
         self._last_event_nanos: Optional[int] = None
         self.events_connected = False
         self.reconciled = gevent.event.Event()  # set once the table matched the engine once
@@ -204,6 +215,7 @@ class JobSupervisor:
             try:
                 container_id = self.runtime.create(spec)
             except errors.ImageNotFound:
+                self._check_registry(spec.image)
                 self.runtime.pull(spec.image)  # may take long
                 if self._ended_by_stop_request(active):
                     return
@@ -218,6 +230,19 @@ class JobSupervisor:
         slot = self._attach_slots.get(job_id)
         if slot is not None and slot.size and active.job.config.tty:
             self.size_terminal(active.container_id, slot.size)
+
+    def _check_registry(self, image: str):
+        """A pull goes only to an allowed registry (-registries; none given: any): a pull is
+        made with the agent's network position and credentials, so a job's image name must not
+        make it reach loopback or internal hosts. Images already on the engine are used as
+        they are."""
+        if not self.registries:
+            return
+        registry = image_registry(image)
+        if registry not in self.registries:
+            raise errors.ImageNotFound(
+                f"image {image} is not present, and its registry {registry} is not one this "
+                f"host pulls from (-registries {','.join(self.registries)})")
 
     def size_terminal(self, container_id: str, size: tuple):
         """Give a TTY job's terminal the attached client's (height, width). Done right after

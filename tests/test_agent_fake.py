@@ -288,3 +288,31 @@ class DamagedStateDirTest(FakeAgentTestCase):
         clash = self.client.put("/host/jobs/clash", json=body(
             config={"ports": [{"port": job["ports"][0]["port"]}]}))
         self.assertEqual(clash.status_code, 409, clash.text)
+
+
+class RegistryAllowListTest(FakeAgentTestCase):
+    flags = ("-registries", "registry.example:5000,docker.io")
+
+    def test_pulls_only_from_allowed_registries(self):
+        for image in ("127.0.0.1:5000/x:1", "internal.corp/app:2", "localhost/y"):
+            self.runtime.pullable.add(image)
+        for n, image in enumerate(("127.0.0.1:5000/x:1", "internal.corp/app:2", "localhost/y")):
+            self.client.put_job(f"no{n}", body(image=image))
+            job = self.client.wait_status(f"no{n}", "failed")
+            self.assertIn("is not one this host pulls from", job["error"])
+            self.assertNotIn(image, self.runtime.images)  # never pulled
+        self.runtime.pullable |= {"registry.example:5000/app:1", "library-app:1"}
+        for n, image in enumerate(("registry.example:5000/app:1", "library-app:1")):
+            self.client.put_job(f"ok{n}", body(image=image))
+            self.client.wait_status(f"ok{n}", "running")
+        # an image on the engine already is used whatever its name
+        self.runtime.images.add("internal.corp/present:1")
+        self.client.put_job("here", body(image="internal.corp/present:1"))
+        self.client.wait_status("here", "running")
+
+    def test_the_registry_of_an_image(self):
+        from host.supervisor import image_registry
+        self.assertEqual([image_registry(i) for i in (
+            "busybox", "flynn/etcd:3.5.1", "Registry.Example:5000/a/b", "localhost/x",
+            "10.0.0.1/x", "a.b/c@sha256:00")],
+            ["docker.io", "docker.io", "registry.example:5000", "localhost", "10.0.0.1", "a.b"])

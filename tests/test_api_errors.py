@@ -156,3 +156,38 @@ class ApiErrorTest(unittest.TestCase):
         finally:
             self.runtime.ping = original
         self.assertEqual(self.client.get("/host/status").status_code, 200)
+
+    # a path is decoded once, checked, and answered 400 when it cannot be routed as sent
+
+    def raw_request(self, method: str, target: str):
+        # requests would re-quote the target: send it as it is
+        import http.client
+        host, port = self.client.url.split("://", 1)[1].rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.putrequest(method, target, skip_accept_encoding=True)
+            conn.putheader("Content-Type", "application/json")
+            body = b'{"config": {"image": "busybox", "cmd": ["sleep", "1"]}}'
+            conn.putheader("Content-Length", str(len(body) if method == "PUT" else 0))
+            conn.endheaders(body if method == "PUT" else None)
+            resp = conn.getresponse()
+            import simplejson
+            return resp.status, simplejson.loads(resp.read() or b"{}")
+        finally:
+            conn.close()
+
+    def test_escapes_that_would_change_the_route_or_the_id(self):
+        cases = [("PUT", "/host/jobs/a%FFb", "not UTF-8"),
+                 ("GET", "/host/jobs/x%2Flog", "an escaped /"),
+                 ("GET", "/host/jobs/x%2flog", "an escaped /"),
+                 ("GET", "/cluster/hosts/a%00b", "a control character"),
+                 ("GET", "/host/jobs/a%0Ab", "a control character")]
+        for method, target, fragment in cases:
+            with self.subTest(target=target):
+                status, body = self.raw_request(method, target)
+                self.assertEqual((status, body.get("code")), (400, "validation_error"), body)
+                self.assertIn(fragment, body["message"])
+        self.assertIsNone(self.host.agent.table.find("ab"))  # a%FFb made no job "ab"
+        # an escape that decodes to a character ids may hold still reaches the id's own check
+        status, body = self.raw_request("GET", "/host/jobs/a%3Fb")
+        self.assertEqual((status, body["code"]), (404, "not_found"))

@@ -314,3 +314,24 @@ class CliClusterTest(ClusterTestCase):
         added = {e["host_id"] for e in map(simplejson.loads, events.stdout.splitlines())
                  if (e["type"], e["event"]) == ("host", "add")}
         self.assertLessEqual({second.host_id, third.host_id}, added, events.stderr)
+
+
+class TerminalSafetyTest(unittest.TestCase):
+    """Job fields are the jobs' authors' words: shown to a person, a control sequence in one
+    must not reach the terminal (move the cursor, retitle the window, hide a line)."""
+
+    def test_tables_and_messages_show_control_characters_escaped(self):
+        import contextlib
+        import io
+
+        from host.cli import commands
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            commands._table([["web\x1b[2J", "busybox\x1b]0;owned\x07", "sh -c \x9bx"]],
+                            ["ID", "IMAGE", "COMMAND"])
+        text = out.getvalue()
+        for raw in ("\x1b", "\x07", "\x9b"):
+            self.assertNotIn(raw, text)
+        self.assertIn("web\\x1b[2J", text)
+        self.assertIn("busybox\\x1b]0;owned\\x07", text)
+        self.assertEqual(commands._printable("plain é ü"), "plain é ü")

@@ -112,6 +112,12 @@ class ClusterTest(ClusterTestCase):
                           again.json()["leader"]),
                          (503, "not_leader", True, f"127.0.0.2:{first.port}"), again.text)
         self.assertIn("forwarded here by somebody", again.json()["message"])
+        # a non-leader reads no more of a body than the limit (1 MiB) before it forwards
+        big = b'{"jobs": [' + b" " * (2 << 20) + b"]}"
+        for data in (big, iter([big[:1 << 20], big[1 << 20:]])):  # with a length, and chunked
+            over = second.client.post("/cluster/jobs", data=data,
+                                      headers={"Content-Type": "application/json"})
+            self.assertEqual((over.status_code, over.json()["code"]), (413, "too_large"))
 
     def test_mirror_follows_a_hosts_jobs(self):
         first, second = self.start_agent(1), self.start_agent(2)

@@ -14,9 +14,9 @@ from host.api import cluster as cluster_routes
 from host.api import health as health_routes
 from host.api import host as host_routes
 from host.api.events import events_response
-from host.api.http import JSON_TYPE, json_errors, router_error
+from host.api.http import JSON_TYPE, json_errors, path_problem, router_error
 from host.auth import OPEN_PATHS, TokenCheck
-from host.errors import FlynnError, InternalError, Unauthorized
+from host.errors import FlynnError, InternalError, Unauthorized, ValidationError
 from host.server import UPGRADED
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class AgentApp(bottle.Bottle):
         if self._token is not None and environ.get("PATH_INFO") not in OPEN_PATHS and \
                 not self._token.allows(environ.get("HTTP_AUTHORIZATION", "")):
             return self._unauthorized(environ, start_response)
+        problem = path_problem(environ)
+        if problem:
+            return self._answer(start_response, ValidationError(f"path: {problem}"))
         if environ.get("PATH_INFO") == "/host/events" and environ.get("REQUEST_METHOD") == "GET":
             return self._events_fast_lane(environ, start_response)
         result = super().__call__(environ, start_response)
@@ -49,15 +52,19 @@ class AgentApp(bottle.Bottle):
             raise ConnectionResetError(errno.ECONNRESET, "the WebSocket on this connection ended")
         return result
 
-    @staticmethod
-    def _unauthorized(environ, start_response):
+    def _unauthorized(self, environ, start_response):
         error = Unauthorized("missing or wrong token" if environ.get("HTTP_AUTHORIZATION")
                              else "this agent asks for a token: send Authorization: Bearer "
                              "<token> (FLYNN_HOST_TOKEN, or --token-file with the CLI)")
+        return self._answer(start_response, error,
+                            [("WWW-Authenticate", 'Bearer realm="flynn-host"')])
+
+    @staticmethod
+    def _answer(start_response, error: FlynnError, headers=()):
+        """An error answered before routing, in the one JSON shape."""
         body = simplejson.dumps(error.to_dict()).encode()
-        start_response("401 Unauthorized", [
-            ("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
-            ("WWW-Authenticate", 'Bearer realm="flynn-host"')])
+        start_response(f"{error.status} {HTTPStatus(error.status).phrase}", [
+            ("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))), *headers])
         return [body]
 
     def _events_fast_lane(self, environ, start_response):

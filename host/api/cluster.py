@@ -10,7 +10,7 @@ import bottle
 
 from host import client
 from host.api.events import MAX_WAIT_S, events_response
-from host.api.http import bool_param, checked_id, float_param, json_body, read_json
+from host.api.http import bool_param, checked_id, float_param, json_body, read_body, read_json
 from host.errors import NotFound, NotLeader
 
 
@@ -46,7 +46,8 @@ def install(app: bottle.Bottle, agent):
                     location += "?" + request.query_string
                 return bottle.HTTPResponse(status=307, headers={"Location": location})
             answer = client.forward(leader.addr, request.method, path,
-                                    request.query_string, request.body.read(),
+                                    request.query_string,
+                                    read_body(agent.config.max_body_bytes),
                                     request.content_type, agent.host_id, agent.token,
                                     extra_timeout_s=float_param(request.query, "wait", 0, 0,
                                                                 MAX_WAIT_S))

@@ -63,9 +63,9 @@ def router_error(res: bottle.HTTPError) -> str:
     return simplejson.dumps({"code": code, "message": message, "retry": False})
 
 
-def read_json(max_bytes: int):
-    """The request body decoded as JSON. TooLarge over max_bytes (checked before reading when
-    Content-Length says so, and while reading a chunked body)."""
+def read_body(max_bytes: int) -> bytes:
+    """The request body, as bytes. TooLarge over max_bytes (checked before reading when
+    Content-Length says so, and while reading a chunked body): never read whole."""
     length = bottle.request.content_length
     if length > max_bytes:
         raise TooLarge(f"body: {length} bytes is over the limit of {max_bytes}")
@@ -73,6 +73,12 @@ def read_json(max_bytes: int):
     data = stream.read(length if length >= 0 else max_bytes + 1)
     if len(data) > max_bytes:
         raise TooLarge(f"body: over the limit of {max_bytes} bytes")
+    return data
+
+
+def read_json(max_bytes: int):
+    """The request body decoded as JSON, bounded as read_body()."""
+    data = read_body(max_bytes)
     if not data.strip():
         raise ValidationError("body: required (a JSON object)")
     try:
@@ -81,6 +87,27 @@ def read_json(max_bytes: int):
         raise ValidationError(f"body: not valid JSON: {e}") from None
     except RecursionError:
         raise ValidationError("body: JSON nested too deeply") from None
+
+
+def path_problem(environ) -> str:
+    """Why a request's path cannot be routed as sent ("" when it can). WSGI hands over the path
+    decoded, once: an escaped `/` (`x%2Flog`) would split an id into two segments and reach
+    another route, a byte that is not UTF-8 (`%FF`) would be dropped by the router (`a%FFb`
+    becoming `ab`), a NUL or another control character would reach the ids. Each is refused."""
+    raw = environ.get("RAW_URI") or ""
+    raw_path = raw.split("?", 1)[0]
+    if "://" in raw_path:  # an absolute-form target: the path after the authority
+        raw_path = "/" + raw_path.split("://", 1)[1].partition("/")[2]
+    if "%2f" in raw_path.lower() or "%5c" in raw_path.lower():
+        return "an escaped / or \\ in a path segment (a job id or host id holds neither)"
+    path = environ.get("PATH_INFO", "")
+    try:
+        decoded = path.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return "not UTF-8 once its escapes are decoded"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        return "a control character (NUL, a newline, ...)"
+    return ""
 
 
 def checked_id(what: str, value: str) -> str:

@@ -89,7 +89,18 @@ def _print_json(value):
     print(simplejson.dumps(value, indent=2, sort_keys=True))
 
 
+#: C0 and C1 control characters (ESC among them): a job's image, command, error or id, shown to
+#: a person, could otherwise move the cursor, recolour or retitle their terminal
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _printable(value) -> str:
+    """`value` as text safe for a terminal: control characters shown as \\xNN."""
+    return str(value).translate(_CONTROL)
+
+
 def _table(rows: list, headers: list):
+    rows = [[_printable(x) for x in row] for row in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     for row in [headers] + rows:
         print("   ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
@@ -240,7 +251,7 @@ def cmd_status(argv):
                        ("docker", status["docker"]), ("etcd", status["etcd"]),
                        ("jobs", ", ".join(f"{k} {v}" for k, v in sorted(status["jobs"].items()))
                         or "none")):
-        print(f"{key + ':':<9}{value}")
+        print(f"{key + ':':<9}{_printable(value)}")
 
 
 def cmd_leave(argv):
@@ -305,9 +316,10 @@ def cmd_events(argv):
             print(simplejson.dumps(event), flush=True)
         else:
             job = event.get("job") or {}
-            print(f"{event['cursor']}  {event['time']}  {event['type']} {event['event']}  "
-                  f"host={event['host_id']}" + (f" job={event['job_id']} {job.get('status')}"
-                                               if event.get("job_id") else ""), flush=True)
+            print(_printable(f"{event['cursor']}  {event['time']}  {event['type']} "
+                             f"{event['event']}  host={event['host_id']}" +
+                             (f" job={event['job_id']} {job.get('status')}"
+                              if event.get("job_id") else "")), flush=True)
     if args.follow:
         for event in client.follow_events(since=args.since):
             show(event)
@@ -412,7 +424,8 @@ def cmd_run(argv):
     gevent.joinall(outputs, raise_error=True)
     ended = _wait_for_job(host, job_id, final=True)
     if ended["status"] == "failed":
-        print(f"flynn-host run: job {job_id} failed: {ended['error']}", file=sys.stderr)
+        print(f"flynn-host run: job {job_id} failed: {_printable(ended['error'])}",
+              file=sys.stderr)
         return EXIT_RUN_FAILED
     return ended["exit_status"] if ended["exit_status"] is not None else EXIT_API_ERROR
 
@@ -478,7 +491,8 @@ def _interactive(attachment, tty: bool, stdin: bool) -> int:
                 sys.stderr.buffer.flush()
             elif kind == "exit":
                 if payload["job"]["status"] == "failed":
-                    print(f"flynn-host: job failed: {payload['error']}", file=sys.stderr)
+                    print(f"flynn-host: job failed: {_printable(payload['error'])}",
+                          file=sys.stderr)
                     return EXIT_RUN_FAILED
                 return payload["status"] if payload["status"] is not None else EXIT_API_ERROR
             elif kind == "error":
@@ -539,10 +553,10 @@ def run(name: str, argv: list) -> int:
         print(e, file=sys.stderr)
         return EXIT_USAGE
     except AgentUnreachable as e:
-        print(f"flynn-host {name}: {e.message}", file=sys.stderr)
+        print(f"flynn-host {name}: {_printable(e.message)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except errors.FlynnError as e:
-        print(f"flynn-host {name}: {e.message}", file=sys.stderr)
+        print(f"flynn-host {name}: {_printable(e.message)}", file=sys.stderr)
         return EXIT_API_ERROR
     except KeyboardInterrupt:
         return 130
