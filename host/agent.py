@@ -81,7 +81,7 @@ class Agent:
                 self.view, Records(discovery, "cluster/requests"), claims,
                 Records(discovery, "cluster/assignments"),
                 registration=lambda: self.heartbeat.registration, leads=discovery.leads,
-                clock=self.clock)
+                clock=self.clock, limits=config.job_limits)
             self.assignments = AssignmentWatcher(
                 self.host_id, Records(discovery, f"cluster/assignments/{self.host_id}"),
                 ClaimRecords(claims), self.supervisor, self.heartbeat, self.spawn_task)

@@ -257,6 +257,14 @@ SETTINGS = (
     Setting("task-concurrency", positive_int, 64, "background tasks (container starts, stops) "
             "run at once; the engine slows down with too many parallel starts", "N"),
     Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
+    Setting("max-job-env", positive_int, 256, "environment variables one job may set", "N"),
+    Setting("max-job-env-bytes", positive_int, 64 << 10, "bytes of one job's environment, names "
+            "and values together", "N"),
+    Setting("max-job-cmd-bytes", positive_int, 64 << 10, "bytes of one job's cmd and entrypoint",
+            "N"),
+    Setting("max-job-ports", positive_int, 32, "ports one job may publish", "N"),
+    Setting("fixed-ports", parse_port_range, (1024, 65535), "where a job may ask for a fixed "
+            "host port (below 1024 are privileged)", "LO-HI"),
     Setting("registries", parse_registries, (), "registries images may be pulled from, "
             "comma-separated (docker.io for Docker Hub; default: any). Images already on the "
             "engine are used whatever their name", "HOSTS"),
@@ -312,6 +320,13 @@ class Config:
     @property
     def attributes(self) -> dict:
         return dict(self.attribute)
+
+    @property
+    def job_limits(self):
+        from host.jobspec import JobLimits
+        return JobLimits(max_env=self.max_job_env, max_env_bytes=self.max_job_env_bytes,
+                         max_cmd_bytes=self.max_job_cmd_bytes, max_ports=self.max_job_ports,
+                         fixed_ports=self.fixed_ports)
 
     @property
     def addr(self) -> str:

@@ -8,6 +8,7 @@ job without its limit.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from host.errors import ValidationError
 from host.fields import known_fields
@@ -179,3 +180,39 @@ def parse_job(body, job_id: str = None) -> Job:
         resources=_resources(body.get("resources"), "job.resources"),
         attributes=_str_map(body.get("attributes"), "job.attributes"),
     )
+
+
+# ---- limits: what one job may ask of a host (settings, checked where jobs come in) ---------------
+
+@dataclass(frozen=True, slots=True)
+class JobLimits:
+    max_env: int = 256                 # environment variables
+    max_env_bytes: int = 64 << 10      # all names and values together
+    max_cmd_bytes: int = 64 << 10      # cmd and entrypoint, every argument together
+    max_ports: int = 32                # ports published
+    fixed_ports: tuple = (1024, 65535)  # where a fixed host port may be
+
+
+def check_limits(job: Job, limits: JobLimits, path: str = "job") -> None:
+    """ValidationError naming the field when `job` asks for more than `limits` allow."""
+    config = job.config
+    if len(config.env) > limits.max_env:
+        _fail(f"{path}.config.env", f"{len(config.env)} variables, over the limit of "
+                                    f"{limits.max_env} (-max-job-env)")
+    env_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in config.env)
+    if env_bytes > limits.max_env_bytes:
+        _fail(f"{path}.config.env", f"{env_bytes} bytes, over the limit of "
+                                    f"{limits.max_env_bytes} (-max-job-env-bytes)")
+    cmd_bytes = sum(len(a.encode()) for a in (config.cmd or ()) + (config.entrypoint or ()))
+    if cmd_bytes > limits.max_cmd_bytes:
+        _fail(f"{path}.config.cmd", f"cmd and entrypoint are {cmd_bytes} bytes, over the limit "
+                                    f"of {limits.max_cmd_bytes} (-max-job-cmd-bytes)")
+    if len(config.ports) > limits.max_ports:
+        _fail(f"{path}.config.ports", f"{len(config.ports)} ports, over the limit of "
+                                      f"{limits.max_ports} (-max-job-ports)")
+    low, high = limits.fixed_ports
+    for n, port in enumerate(config.ports):
+        if port.port and not low <= port.port <= high:
+            _fail(f"{path}.config.ports[{n}].port",
+                  f"{port.port} is outside the fixed ports this host gives out ({low}-{high}, "
+                  "-fixed-ports); ask for port 0 to have one allocated")

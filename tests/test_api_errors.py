@@ -157,6 +157,26 @@ class ApiErrorTest(unittest.TestCase):
             self.runtime.ping = original
         self.assertEqual(self.client.get("/host/status").status_code, 200)
 
+    def test_job_limits(self):
+        def job(**config):
+            return {"config": dict({"image": "busybox", "cmd": ["true"]}, **config)}
+        cases = [
+            (job(env={f"V{n}": "x" for n in range(257)}), "job.config.env: 257 variables",
+             "-max-job-env"),
+            (job(env={"BIG": "x" * (70 << 10)}), "job.config.env: ", "-max-job-env-bytes"),
+            (job(cmd=["x" * (70 << 10)]), "job.config.cmd: cmd and entrypoint", "-max-job-cmd"),
+            (job(ports=[{"port": 0} for _ in range(33)]), "job.config.ports: 33 ports",
+             "-max-job-ports"),
+            (job(ports=[{"port": 0}, {"port": 80}]), "job.config.ports[1].port: 80 is outside",
+             "-fixed-ports"),
+        ]
+        for body, fragment, setting in cases:
+            with self.subTest(fragment=fragment):
+                resp = self.client.put("/host/jobs/limited", json=body)
+                message = self.assertError(resp, 400, "validation_error", fragment)["message"]
+                self.assertIn(setting, message)
+        self.assertIsNone(self.host.agent.table.find("limited"))  # nothing recorded
+
     # a path is decoded once, checked, and answered 400 when it cannot be routed as sent
 
     def raw_request(self, method: str, target: str):

@@ -366,6 +366,12 @@ class AddJobsTest(ClusterTestCase):
                                  resp.text)
         resp = first.client.post("/cluster/jobs", data=b'{"jobs": [{"config": {}}]}')
         self.assertIn("jobs[0]: job.config.image: required", resp.json()["message"])
+        # the leader holds AddJobs to the same limits as a host's PUT
+        privileged = first.client.post("/cluster/jobs", json={"jobs": [{"config": {
+            "image": "x", "ports": [{"port": 80}]}}]})
+        self.assertEqual(privileged.status_code, 400, privileged.text)
+        self.assertIn("jobs[0]: job.config.ports[0].port: 80 is outside the fixed ports",
+                      privileged.json()["message"])
 
     def test_stop_a_job_through_the_leader(self):
         first, second, third = self.start_three_small()

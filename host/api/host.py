@@ -10,7 +10,7 @@ from host.api.events import events_response
 from host.api.http import (bool_param, checked_id, choice_param, float_param, int_param,
                            json_body, read_json)
 from host.errors import ValidationError
-from host.jobspec import parse_job
+from host.jobspec import check_limits, parse_job
 from host.runtime import STDERR, STDOUT
 from host.types import ALL_STATES
 
@@ -91,6 +91,7 @@ def install(app: bottle.Bottle, agent):
     @app.put("/host/jobs/<job_id:path>")
     def put_job(job_id):
         job = parse_job(read_json(agent.config.max_body_bytes), checked_id("job id", job_id))
+        check_limits(job, agent.config.job_limits)
         active, created = supervisor.submit(job)
         return json_body(active.to_dict(), status=202 if created else 200)
 

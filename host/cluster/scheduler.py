@@ -34,7 +34,7 @@ from host.cluster.view import ClusterView, RegisteredHost
 from host.discovery.etcd import Records, Registration
 from host.errors import (Conflict, FlynnError, NoCapacity, NotFound, NotLeader, Unavailable,
                          ValidationError)
-from host.jobspec import parse_job
+from host.jobspec import JobLimits, check_limits, parse_job
 from host.retry import Backoff
 from host.types import Job, job_from_dict
 
@@ -186,7 +186,8 @@ class JobScheduler:
 
     def __init__(self, view: ClusterView, requests: Records, claims: Records,
                  assignments: Records, registration: Callable[[], Optional[Registration]],
-                 leads: Callable[[str, int], bool], clock: Clock):
+                 leads: Callable[[str, int], bool], clock: Clock,
+                 limits: Optional[JobLimits] = None):
         """`registration()` is this agent's own registration (None while it has none);
         `leads(host_id, created_index)` asks etcd's quorum whether that registration leads."""
         self.view = view
@@ -196,6 +197,7 @@ class JobScheduler:
         self._registration = registration
         self._leads = leads
         self.clock = clock
+        self.limits = limits or JobLimits()  # what one job may ask for (the settings)
         self._queue = gevent.queue.Queue()
         self.pending: dict = {}     # job id -> Pending
         self._term = None           # the leader_since index pending was rebuilt for
@@ -432,6 +434,7 @@ class JobScheduler:
                     raw = dict(raw, id=uuid.uuid4().hex)
                 try:
                     job = parse_job(raw)
+                    check_limits(job, self.limits)
                 except ValidationError as e:
                     raise ValidationError(f"{where}[{n}]: {e.message}") from None
                 if job.id in seen:
