@@ -30,6 +30,7 @@ from host.layer0.runner import Layer0
 from host.discovery.heartbeat import Heartbeat
 from host import errors
 from host.errors import FlynnError
+from host.logsetup import set_host_id
 from host.ports import PortAllocator
 from host.runtime import Runtime
 from host.state import JobTable
@@ -54,6 +55,7 @@ class Agent:
         local = local or open_state(config.state_dir, config.id, config.event_buffer)
         self.local = local
         self.host_id, self.state_id, self.store = local.host_id, local.state_id, local.store
+        set_host_id(self.host_id)  # on every JSON log line from now on
         self.table = JobTable.load(local, self.clock, config.event_buffer)
         self.ports = PortAllocator(config.ports[0], config.ports[1], config.bind)
         self.capacity = HostResources(memory_mb=config.memory_mb, cpu_shares=config.cpu_shares)
@@ -298,6 +300,7 @@ def build_agent(config: Config) -> Agent:
     host_id = config.id or "unknown"  # the manifest is checked before the state dir is taken
     load_layer0(config, host_id)
     local = open_state(config.state_dir, config.id, config.event_buffer)
+    set_host_id(local.host_id)
     try:
         config = config.replace(id=local.host_id)
         runtime = DockerRuntime()

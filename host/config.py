@@ -164,6 +164,13 @@ def parse_log_level(text: str) -> str:
     return level
 
 
+def parse_log_format(text: str) -> str:
+    fmt = text.strip().lower()
+    if fmt not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return fmt
+
+
 # ---- machine-derived defaults -----------------------------------------------------------------
 
 def guess_external_ip() -> str:
@@ -251,6 +258,8 @@ SETTINGS = (
     Setting("attribute", parse_attribute, (), "host attribute KEY=VALUE, repeatable "
             "(environment: comma-separated)", "KEY=VALUE", repeatable=True),
     Setting("log-level", parse_log_level, "info", "debug, info, warning or error", "LEVEL"),
+    Setting("log-format", parse_log_format, "text", "text (for people) or json (one object a "
+            "line: time, level, logger, message, host_id, job_id; for log shippers)", "FORMAT"),
     Setting("retain-ended", positive_int, 100, "ended jobs whose containers are kept for logs",
             "N"),
     Setting("event-buffer", positive_int, 10000, "events kept for long-poll resumption", "N"),

@@ -30,7 +30,7 @@ WORKER_BOOT_ERROR = 3
 def create_app_from_env(environ=None):
     """Build and start an agent from the environment and return its WSGI app."""
     config = load_config([], os.environ if environ is None else environ)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     agent = build_agent(config)
     agent.start()
     # gunicorn's worker exits normally on SIGTERM: leave the cluster at once, as the daemon does

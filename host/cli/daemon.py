@@ -44,7 +44,7 @@ def run(argv: list, environ=None) -> int:
     except ConfigError as e:
         print(f"flynn-host: {e}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     raise_open_file_limit()
 
     try:
