@@ -32,9 +32,10 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-#: as http.client.parse_headers: longest header line, most header lines
+#: as http.client.parse_headers: longest header line, most header lines; and the whole block
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
+MAX_HEADER_BYTES = 65536
 #: an RFC 9110 token, what a field name must be
 HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -43,34 +44,61 @@ def read_headers(fp) -> pywsgi.OldMessage:
     """Request headers as pywsgi's headers_factory returns them, without the email package.
     http.client.parse_headers reads the lines, then hands them to email.parser, which is the
     largest single cost of a small request; with a thousand long-poll clients re-polling after
-    every event, it dominated the agent's CPU. Same limits and the same result for well-formed
-    headers; a malformed line is a 400, as an invalid header block is for pywsgi."""
+    every event, it dominated the agent's CPU. Same limits, and the same result for well-formed
+    headers. A malformed block sets `status` (pywsgi answers 400), as gunicorn refuses the same:
+    a field name that is not a token, obsolete line folding (RFC 9112 lets a server refuse it;
+    folded lines escaped the header count, and joining them was quadratic), a block over
+    MAX_HEADER_BYTES, a NUL or a bare CR, and the request-smuggling gadgets around the body's
+    length (below)."""
     message = pywsgi.OldMessage()
+    total = 0
     while True:
         line = fp.readline(MAX_HEADER_LINE + 1)
+        total += len(line)
         if len(line) > MAX_HEADER_LINE:
             message.status = "Line too long"
             return message
+        if total > MAX_HEADER_BYTES:
+            message.status = f"header block over {MAX_HEADER_BYTES} bytes"
+            return message
         if line in (b"\r\n", b"\n", b""):
+            message.status = _framing_problem(message)
             return message
         if len(message._headers) >= MAX_HEADERS:
             message.status = f"more than {MAX_HEADERS} headers"
             return message
         text = line.decode("iso-8859-1")
-        if text[0] in " \t":  # obsolete line folding continues the previous header
-            if not message._headers:
-                message.status = "Invalid header line"
-                return message
-            name, value = message._headers[-1]
-            message._headers[-1] = (name, value + " " + text.strip())
-            continue
-        name, colon, value = text.partition(":")
+        if text[0] in " \t":
+            message.status = "obsolete line folding"
+            return message
+        content = text.rstrip("\r\n")
+        if "\0" in content or "\r" in content:
+            message.status = "a NUL or a bare CR in a header"
+            return message
+        name, colon, value = content.partition(":")
         if not colon or not HEADER_NAME.match(name):
             # RFC 9110 field names are tokens: a space, NUL or control character in one is a
             # malformed request (400, as gunicorn answers), not a header to pass on
             message.status = "Invalid header line"
             return message
-        message._headers.append((name, value.lstrip(" \t").rstrip("\r\n")))
+        message._headers.append((name, value.lstrip(" \t")))
+
+
+def _framing_problem(message) -> str:
+    """Why the headers would let two servers read the body's length differently ("" if not): a
+    Content-Length that is not plain digits or comes twice, one beside Transfer-Encoding, a
+    transfer coding other than chunked."""
+    lengths = [v for k, v in message._headers if k.lower() == "content-length"]
+    codings = [v for k, v in message._headers if k.lower() == "transfer-encoding"]
+    if len(lengths) > 1:
+        return "more than one Content-Length"
+    if lengths and not lengths[0].isdigit():
+        return "a Content-Length that is not a number"
+    if lengths and codings:
+        return "Content-Length with Transfer-Encoding"
+    if len(codings) > 1 or (codings and codings[0].lower() != "chunked"):
+        return "a Transfer-Encoding other than chunked"
+    return ""
 
 
 class _Handler(WSGIHandler):
