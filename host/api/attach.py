@@ -29,6 +29,9 @@ ATTACH_WAIT_S = 30.0
 
 #: seconds the agent waits for a client to answer its WebSocket close
 CLOSE_WAIT_S = 2.0
+#: bytes of one message from the client (stdin, controls): over it, the attach is closed with
+#: 1009 (message too big)
+MAX_MESSAGE_BYTES = 1 << 20
 
 
 def install(app: bottle.Bottle, agent):
@@ -44,8 +47,12 @@ def install(app: bottle.Bottle, agent):
         if all(size):
             slot.size = size  # the terminal is sized right as the job starts
         try:
+            # no permessage-deflate: a small compressed frame inflates, inside the WebSocket
+            # library and before any size check, into hundreds of megabytes. Without the
+            # client's offer, the answer names no extension
+            environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
             try:
-                ws = simple_websocket.Server(environ)
+                ws = simple_websocket.Server(environ, max_message_size=MAX_MESSAGE_BYTES)
             except RemoteProtocolError as e:
                 raise errors.ValidationError(
                     f"attach: not a valid WebSocket upgrade: {e}") from None
