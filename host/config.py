@@ -274,6 +274,9 @@ SETTINGS = (
     Setting("max-job-ports", positive_int, 32, "ports one job may publish", "N"),
     Setting("fixed-ports", parse_port_range, (1024, 65535), "where a job may ask for a fixed "
             "host port (below 1024 are privileged)", "LO-HI"),
+    Setting("allowed-hosts", parse_registries, (), "names clients may address this agent by, "
+            "comma-separated, besides its IP addresses, localhost and the machine's names (a "
+            "browser's request under another name, DNS rebinding, is refused)", "NAMES"),
     Setting("registries", parse_registries, (), "registries images may be pulled from, "
             "comma-separated (docker.io for Docker Hub; default: any). Images already on the "
             "engine are used whatever their name", "HOSTS"),

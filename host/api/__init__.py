@@ -10,6 +10,7 @@ import bottle
 import simplejson
 
 from host.api import attach as attach_routes
+from host.api.browsers import BrowserGuard
 from host.api import cluster as cluster_routes
 from host.api import health as health_routes
 from host.api import host as host_routes
@@ -32,15 +33,16 @@ class AgentApp(bottle.Bottle):
         super().__init__(catchall=True)
         self._event_log = agent.table.events
         self._token = TokenCheck(agent.token) if agent.token else None
+        self._browsers = BrowserGuard(agent.config.allowed_hosts)
 
     def __call__(self, environ, start_response):
         # before anything else, the fast lane and the attach upgrade included
         if self._token is not None and environ.get("PATH_INFO") not in OPEN_PATHS and \
                 not self._token.allows(environ.get("HTTP_AUTHORIZATION", "")):
             return self._unauthorized(environ, start_response)
-        problem = path_problem(environ)
+        problem = self._browsers.problem(environ) or path_problem(environ)
         if problem:
-            return self._answer(start_response, ValidationError(f"path: {problem}"))
+            return self._answer(start_response, ValidationError(problem))
         if environ.get("PATH_INFO") == "/host/events" and environ.get("REQUEST_METHOD") == "GET":
             return self._events_fast_lane(environ, start_response)
         result = super().__call__(environ, start_response)

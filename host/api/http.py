@@ -90,23 +90,24 @@ def read_json(max_bytes: int):
 
 
 def path_problem(environ) -> str:
-    """Why a request's path cannot be routed as sent ("" when it can). WSGI hands over the path
-    decoded, once: an escaped `/` (`x%2Flog`) would split an id into two segments and reach
-    another route, a byte that is not UTF-8 (`%FF`) would be dropped by the router (`a%FFb`
-    becoming `ab`), a NUL or another control character would reach the ids. Each is refused."""
+    """Why a request's path cannot be routed as sent, "path: ..." ("" when it can). WSGI hands
+    over the path decoded, once: an escaped `/` (`x%2Flog`) would split an id into two segments
+    and reach another route, a byte that is not UTF-8 (`%FF`) would be dropped by the router
+    (`a%FFb` becoming `ab`), a NUL or another control character would reach the ids. Each is
+    refused."""
     raw = environ.get("RAW_URI") or ""
     raw_path = raw.split("?", 1)[0]
     if "://" in raw_path:  # an absolute-form target: the path after the authority
         raw_path = "/" + raw_path.split("://", 1)[1].partition("/")[2]
     if "%2f" in raw_path.lower() or "%5c" in raw_path.lower():
-        return "an escaped / or \\ in a path segment (a job id or host id holds neither)"
+        return "path: an escaped / or \\ in a path segment (a job id or host id holds neither)"
     path = environ.get("PATH_INFO", "")
     try:
         decoded = path.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
-        return "not UTF-8 once its escapes are decoded"
+        return "path: not UTF-8 once its escapes are decoded"
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
-        return "a control character (NUL, a newline, ...)"
+        return "path: a control character (NUL, a newline, ...)"
     return ""
 
 
