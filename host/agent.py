@@ -19,6 +19,7 @@ import gevent.event
 import gevent.pool
 
 import host
+from host import errors
 from host.auth import read_token
 from host.clock import Clock
 from host.cluster.assignments import AssignmentWatcher
@@ -26,10 +27,9 @@ from host.cluster.scheduler import ClaimRecords, JobScheduler
 from host.cluster.view import ClusterView
 from host.config import Config
 from host.discovery.etcd import EtcdDiscovery, Records
-from host.layer0.runner import Layer0
 from host.discovery.heartbeat import Heartbeat
-from host import errors
 from host.errors import FlynnError
+from host.layer0.runner import Layer0
 from host.logsetup import set_host_id
 from host.ports import PortAllocator
 from host.runtime import Runtime
@@ -294,17 +294,16 @@ def build_agent(config: Config) -> Agent:
     """The daemon's agent: Docker from the environment, layer 0 from the manifest, etcd as
     planned from the settings. Raises ConfigError or ManifestError (usage: exit 2), FatalError
     when the state dir is another agent's."""
-    from host.layer0.bootstrap import check_etcd_settings, load_layer0, plan_etcd
+    from host.layer0.bootstrap import check_etcd_settings, layer0_for, load_services, plan_etcd
     from host.runtime.docker import DockerRuntime
     check_etcd_settings(config)
-    host_id = config.id or "unknown"  # the manifest is checked before the state dir is taken
-    load_layer0(config, host_id)
+    services = load_services(config)  # before the state dir is taken: a usage error, exit 2
     local = open_state(config.state_dir, config.id, config.event_buffer)
     set_host_id(local.host_id)
     try:
         config = config.replace(id=local.host_id)
         runtime = DockerRuntime()
-        layer0 = load_layer0(config, local.host_id)
+        layer0 = layer0_for(config, local.host_id, services)
         layer0.plan = plan_etcd(config, layer0, runtime)
         log.info("etcd: %s", layer0.plan.reason)
         discovery = EtcdDiscovery(",".join(layer0.plan.endpoints), config.etcd_prefix)

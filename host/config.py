@@ -128,19 +128,23 @@ def parse_token_file(text: str) -> str:
     return path
 
 
-def parse_registries(text: str) -> tuple:
+def parse_host_list(text: str) -> tuple:
+    """"a.example,b.example:5000" -> ("a.example", "b.example:5000"), lowercased."""
     hosts = tuple(h.strip().lower() for h in text.split(",") if h.strip())
     for host in hosts:
         if "/" in host or " " in host:
-            raise ValueError(f"{host!r} is not a registry host (HOST or HOST:PORT)")
+            raise ValueError(f"{host!r} is not a host name (HOST or HOST:PORT)")
     return hosts
 
 
-def parse_layer0_mode(text: str) -> str:
-    mode = text.strip().lower()
-    if mode not in ("auto", "jobs"):
-        raise ValueError("must be auto or jobs")
-    return mode
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    """A parser taking one of `choices` (any case)."""
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("must be one of " + ", ".join(choices))
+        return value
+    return parse
 
 
 def parse_manifest_path(text: str) -> str:
@@ -155,20 +159,6 @@ def parse_etcd_prefix(text: str) -> str:
     if " " in prefix:
         raise ValueError("must not contain spaces")
     return prefix
-
-
-def parse_log_level(text: str) -> str:
-    level = text.strip().lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ValueError("must be one of debug, info, warning, error")
-    return level
-
-
-def parse_log_format(text: str) -> str:
-    fmt = text.strip().lower()
-    if fmt not in ("text", "json"):
-        raise ValueError("must be text or json")
-    return fmt
 
 
 # ---- machine-derived defaults -----------------------------------------------------------------
@@ -257,9 +247,11 @@ SETTINGS = (
             "(default: 1024 per core)", "N"),
     Setting("attribute", parse_attribute, (), "host attribute KEY=VALUE, repeatable "
             "(environment: comma-separated)", "KEY=VALUE", repeatable=True),
-    Setting("log-level", parse_log_level, "info", "debug, info, warning or error", "LEVEL"),
-    Setting("log-format", parse_log_format, "text", "text (for people) or json (one object a "
-            "line: time, level, logger, message, host_id, job_id; for log shippers)", "FORMAT"),
+    Setting("log-level", parse_choice("debug", "info", "warning", "error"), "info",
+            "debug, info, warning or error", "LEVEL"),
+    Setting("log-format", parse_choice("text", "json"), "text", "text (for people) or json "
+            "(one object a line: time, level, logger, message, host_id, job_id; for log "
+            "shippers)", "FORMAT"),
     Setting("retain-ended", positive_int, 100, "ended jobs whose containers are kept for logs",
             "N"),
     Setting("event-buffer", positive_int, 10000, "events kept for long-poll resumption", "N"),
@@ -274,18 +266,19 @@ SETTINGS = (
     Setting("max-job-ports", positive_int, 32, "ports one job may publish", "N"),
     Setting("fixed-ports", parse_port_range, (1024, 65535), "where a job may ask for a fixed "
             "host port (below 1024 are privileged)", "LO-HI"),
-    Setting("allowed-hosts", parse_registries, (), "names clients may address this agent by, "
+    Setting("allowed-hosts", parse_host_list, (), "names clients may address this agent by, "
             "comma-separated, besides its IP addresses, localhost and the machine's names (a "
             "browser's request under another name, DNS rebinding, is refused)", "NAMES"),
-    Setting("registries", parse_registries, (), "registries images may be pulled from, "
+    Setting("registries", parse_host_list, (), "registries images may be pulled from, "
             "comma-separated (docker.io for Docker Hub; default: any). Images already on the "
             "engine are used whatever their name", "HOSTS"),
     Setting("manifest", parse_manifest_path, "", "the layer-0 manifest: services started before "
             "the host registers (default: the one shipped in the package, which runs etcd)",
             "FILE"),
-    Setting("layer0-mode", parse_layer0_mode, "auto", "how layer-0 services run: auto (one with "
-            "a command as a local process, others as jobs), jobs (every one as a job: for an "
-            "agent that runs in a container itself, as in the flynn/host image)", "MODE"),
+    Setting("layer0-mode", parse_choice("auto", "jobs"), "auto", "how layer-0 services run: "
+            "auto (one with a command as a local process, others as jobs), jobs (every one as a "
+            "job: for an agent that runs in a container itself, as in the flynn/host image)",
+            "MODE"),
     Setting("etcd-peers", parse_etcd_peers, (), "peer addresses (IP:2380) of a running etcd "
             "cluster: this host's own etcd member joins it (up to -etcd-members), comma-separated",
             "ADDRS", env_name="ETCD_PEERS"),

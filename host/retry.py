@@ -59,6 +59,22 @@ class Backoff:
             self._sleep(pause)
         return pause
 
+    def retry(self, call: Callable, retry_on: tuple, within_s: Optional[float] = None,
+              clock: Callable[[], float] = time.monotonic):
+        """call() until it returns (its result), each failure in `retry_on` noted and paused
+        for as above; past `within_s` seconds (None: never) the last one is raised."""
+        deadline = None if within_s is None else clock() + within_s
+        while True:
+            try:
+                result = call()
+            except retry_on as e:
+                if deadline is not None and clock() > deadline:
+                    raise
+                self.failed(e)
+                continue
+            self.succeeded()
+            return result
+
     def succeeded(self):
         """Note a success; the first after failures is logged with how long they lasted."""
         if self.failures:

@@ -45,3 +45,24 @@ class BackoffTest(unittest.TestCase):
         pause = self.backoff.failed(RuntimeError("down"), sleep=False)
         self.assertEqual(self.pauses, [])
         self.assertGreater(pause, 0)
+
+    def test_retry_until_it_succeeds_or_the_time_is_up(self):
+        answers = iter([ValueError("no"), ValueError("no"), "done"])
+
+        def call():
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        self.assertEqual(self.backoff.retry(call, (ValueError,)), "done")
+        self.assertEqual((len(self.pauses), self.backoff.failures), (2, 0))
+        now = [0.0]
+
+        def failing():
+            now[0] += 1.0
+            raise ValueError("still no")
+        with self.assertRaises(ValueError):
+            self.backoff.retry(failing, (ValueError,), within_s=5, clock=lambda: now[0])
+        self.assertEqual(now[0], 6.0)  # tried until past the deadline (5), then raised
+        with self.assertRaises(KeyError):  # what is not retried propagates at once
+            self.backoff.retry(lambda: {}["x"], (ValueError,))

@@ -107,9 +107,13 @@ def parse_peer_urls(text: str) -> tuple:
     return tuple(urls)
 
 
+#: what a request to a member that cannot be reached (or does not answer in time) raises
+_UNREACHABLE = (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError)
+
+
 def _translate(what: str, e: Exception) -> EtcdUnavailable:
     """Any failure of a request to etcd, as the one error every caller retries."""
-    if isinstance(e, (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError)):
+    if isinstance(e, _UNREACHABLE):
         return EtcdUnavailable(f"{what}: etcd is unreachable ({e})")
     code = (getattr(e, "payload", None) or {}).get("errorCode")
     answered = f"error {code}: {e}" if code is not None else f"{type(e).__name__}: {e}"
@@ -158,8 +162,7 @@ class EtcdDiscovery:
         left for the next endpoint (python-etcd's own reconnection never goes back to a
         member it gave up on)."""
         error = _translate(what, e)
-        if len(self._clients) > 1 and isinstance(
-                e, (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError)):
+        if len(self._clients) > 1 and isinstance(e, _UNREACHABLE):
             self._current = (self._current + 1) % len(self._clients)
             log.debug("etcd: %s failed; next requests go to %s", what, self.endpoint)
         return error

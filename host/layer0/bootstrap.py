@@ -33,19 +33,23 @@ def check_etcd_settings(config):
                           "first members) cannot both be given")
 
 
-def load_layer0(config, host_id: str) -> Layer0:
-    """The manifest's services for this host. Raises ManifestError (exit 2)."""
+def load_services(config) -> tuple:
+    """The manifest's services. Raises ManifestError, or ConfigError when no etcd is left
+    (usage errors: exit 2, checked before anything is started or locked)."""
     services = load_manifest(config.manifest or DEFAULT_MANIFEST)
-    layer0 = Layer0(services, host_id=host_id, external_ip=config.external,
-                    listen_port=config.listen[1], state_dir=config.state_dir,
-                    etcd_client_port=config.etcd_client_port,
-                    etcd_peer_port=config.etcd_peer_port,
-                    all_jobs=config.layer0_mode == "jobs", etcd_peers=config.etcd_peers,
-                    etcd_discovery=config.etcd_discovery)
-    if layer0.etcd_service is None and not config.etcd_endpoints:
+    if not any(s.role == "etcd" for s in services) and not config.etcd_endpoints:
         raise ConfigError(f"-manifest {config.manifest or DEFAULT_MANIFEST}: no service has "
                           '"role": "etcd"; give -etcd-endpoints for an etcd of your own')
-    return layer0
+    return services
+
+
+def layer0_for(config, host_id: str, services: tuple) -> Layer0:
+    """The services as this host runs them."""
+    return Layer0(services, host_id=host_id, external_ip=config.external,
+                  listen_port=config.listen[1], state_dir=config.state_dir,
+                  etcd_client_port=config.etcd_client_port, etcd_peer_port=config.etcd_peer_port,
+                  all_jobs=config.layer0_mode == "jobs", etcd_peers=config.etcd_peers,
+                  etcd_discovery=config.etcd_discovery)
 
 
 def plan_etcd(config, layer0: Layer0, runtime) -> etcd_plan.EtcdPlan:
@@ -59,12 +63,7 @@ def plan_etcd(config, layer0: Layer0, runtime) -> etcd_plan.EtcdPlan:
         return etcd_plan.plan_discovery(me, config.etcd_discovery)
     if not config.etcd_peers:
         return etcd_plan.plan_first(me)
-    backoff = Backoff("joining etcd through ETCD_PEERS", log)
-    while True:
-        try:
-            plan = etcd_plan.plan_join(me, config.etcd_peers, config.etcd_members,
-                                       lambda: layer0.etcd_has_data(runtime))
-            backoff.succeeded()
-            return plan
-        except errors.FlynnError as e:
-            backoff.failed(e)
+    return Backoff("joining etcd through ETCD_PEERS", log).retry(
+        lambda: etcd_plan.plan_join(me, config.etcd_peers, config.etcd_members,
+                                    lambda: layer0.etcd_has_data(runtime)),
+        (errors.FlynnError,))

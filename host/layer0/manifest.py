@@ -118,6 +118,11 @@ class Service:
     role: Optional[str] = None          # "etcd": the agent plans its membership and uses it
 
     @property
+    def health_timeout_s(self) -> float:
+        """Seconds it has to pass its health check once started."""
+        return self.health.timeout_s if self.health else DEFAULT_HEALTH_TIMEOUT_S
+
+    @property
     def job_prefix(self) -> str:
         """Its jobs are `flynn-<id>-<random>`, as the original named them."""
         return f"flynn-{self.id}-"

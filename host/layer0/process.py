@@ -40,6 +40,10 @@ def _die_with_parent():
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class ExitedEarly(errors.Unavailable):
+    """The process exited before it was healthy."""
+
+
 class ServiceProcess:
     #: seconds before starting a process that died again (the first pause; it grows)
     restart_delay_s = 1.0
@@ -58,31 +62,26 @@ class ServiceProcess:
 
     def start(self, healthy: Callable[[], bool], timeout_s: float) -> None:
         """Start the process and wait until `healthy()`. A process that exits early is started
-        again until `timeout_s` runs out (the one a killed agent left may still be letting go
-        of its ports); Unavailable then, with its last exit status."""
+        again, with backoff, until `timeout_s` runs out (the one a killed agent left may still
+        be letting go of its ports); Unavailable then, with its last exit status."""
         if not os.access(self.argv[0], os.X_OK):
             raise errors.Unavailable(f"layer-0 service {self.name}: {self.argv[0]!r} is not an "
                                      "executable")
         deadline = time.monotonic() + timeout_s
-        pause = 0.2
-        while True:
-            self._spawn()
-            while not healthy():
-                if self.process.poll() is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise errors.Unavailable(f"layer-0 service {self.name} not healthy after "
-                                             f"{timeout_s:g}s; see {self.log_path}")
-                gevent.sleep(0.1)
-            else:
-                return
-            if time.monotonic() + pause > deadline:
-                raise errors.Unavailable(f"layer-0 service {self.name} exited with "
-                                         f"{self.process.returncode}; see {self.log_path}")
-            log.debug("layer 0: %s exited with %s while starting; trying again", self.name,
-                      self.process.returncode)
-            gevent.sleep(pause)
-            pause = min(pause * 2, 2.0)
+        Backoff(f"layer-0 service {self.name}: starting", log, max_s=2).retry(
+            lambda: self._start_once(healthy, deadline, timeout_s), (ExitedEarly,),
+            within_s=timeout_s)
+
+    def _start_once(self, healthy: Callable[[], bool], deadline: float, timeout_s: float):
+        self._spawn()
+        while not healthy():
+            if self.process.poll() is not None:
+                raise ExitedEarly(f"layer-0 service {self.name} exited with "
+                                  f"{self.process.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"layer-0 service {self.name} not healthy after "
+                                         f"{timeout_s:g}s; see {self.log_path}")
+            gevent.sleep(0.1)
 
     def _spawn(self):
         log.info("layer 0: starting %s as a process (log %s)", self.name, self.log_path)

@@ -227,7 +227,7 @@ class Layer0:
         process = ServiceProcess(service.id, render_args(service.command, variables) +
                                  render_args(service.args, variables), env,
                                  os.path.join(self.state_dir, service.id, f"{service.id}.log"))
-        timeout = service.health.timeout_s if service.health else 60
+        timeout = service.health_timeout_s
         process.start(lambda: healthy(service.health, variables), timeout)
         return Running(service, PROCESS, variables, process=process)
 
@@ -250,7 +250,7 @@ class Layer0:
             agent.wait_until_final(current.id, 15)
         job = self.job(service, variables)
         agent.supervisor.submit(job)
-        timeout = service.health.timeout_s if service.health else 60
+        timeout = service.health_timeout_s
         if not self._wait_healthy(service, variables, agent, job.id, timeout):
             ended = agent.table.get(job.id)
             why = f"not healthy after {timeout:g}s" if not ended.is_final else \
@@ -288,7 +288,7 @@ class Layer0:
         """Forever (a service greenlet): start the service again whenever it dies."""
         running = self.running[service_id]
         service = running.service
-        timeout = service.health.timeout_s if service.health else 60
+        timeout = service.health_timeout_s
         if running.mode == PROCESS:
             running.process.supervise(lambda: healthy(service.health, running.variables),
                                       timeout)
@@ -348,36 +348,19 @@ class Layer0:
     def _promote(self, member_id: str):
         """This host's member joined as a learner and runs: make it a voting member."""
         api = EtcdMembers()
-        deadline = time.monotonic() + self.promotion_s
-        backoff = Backoff(f"promoting etcd member {member_id}", log, max_s=2)
-        while True:
-            try:
-                members = api.through_peers([self.member_address().peer_url])
-                api.promote(members, member_id)
-                backoff.succeeded()
-                log.info("layer 0: etcd member %s is a voting member now", member_id)
-                return
-            except errors.Unavailable as e:
-                if time.monotonic() > deadline:
-                    raise
-                backoff.failed(e)
+        Backoff(f"promoting etcd member {member_id}", log, max_s=2).retry(
+            lambda: api.promote(api.through_peers([self.member_address().peer_url]), member_id),
+            (errors.Unavailable,), within_s=self.promotion_s)
+        log.info("layer 0: etcd member %s is a voting member now", member_id)
 
     #: seconds a member's removal is retried: etcd refuses to remove one while the others have
     #: been connected for less than its health interval (5 s: a member that just restarted)
     member_removal_s = 30
 
     def _remove_member(self, api: EtcdMembers, others: list, member_id: str):
-        deadline = time.monotonic() + self.member_removal_s
-        backoff = Backoff(f"removing etcd member {member_id}", log, max_s=2)
-        while True:
-            try:
-                api.remove(others, member_id)
-                backoff.succeeded()
-                return
-            except errors.Unavailable as e:
-                if time.monotonic() > deadline:
-                    raise
-                backoff.failed(e)
+        Backoff(f"removing etcd member {member_id}", log, max_s=2).retry(
+            lambda: api.remove(others, member_id), (errors.Unavailable,),
+            within_s=self.member_removal_s)
 
     def stop(self):
         """The agent stops: processes go with it; jobs keep running (they are re-adopted)."""
