@@ -16,7 +16,6 @@ from typing import Optional
 
 import gevent
 import gevent.event
-import gevent.pool
 
 import host
 from host import errors
@@ -36,6 +35,7 @@ from host.runtime import Runtime
 from host.state import JobTable
 from host.statedir import LocalState, open_state
 from host.supervisor import JobSupervisor
+from host.tasks import Tasks
 from host.types import STARTING, HostRecord, HostResources, JobSummary
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Agent:
         self.table = JobTable.load(local, self.clock, config.event_buffer)
         self.ports = PortAllocator(config.ports[0], config.ports[1], config.bind)
         self.capacity = HostResources(memory_mb=config.memory_mb, cpu_shares=config.cpu_shares)
-        self.tasks = gevent.pool.Pool(config.task_concurrency)
+        self.tasks = Tasks(config.task_concurrency)
         self.services: dict = {}
         self.crashed = gevent.event.AsyncResult()
         self.left = gevent.event.Event()   # the host left the cluster for good: the daemon exits
@@ -68,7 +68,7 @@ class Agent:
         self.supervisor = JobSupervisor(
             host_id=self.host_id, external_ip=config.external, bind_ip=config.bind,
             capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
-            table=self.table, ports=self.ports, clock=self.clock, spawn=self.spawn_task,
+            table=self.table, ports=self.ports, clock=self.clock, tasks=self.tasks,
             on_forgotten=self._forgotten, registries=config.registries)
         self.started_at = self.clock.now_text()
         self.discovery = discovery
@@ -86,7 +86,7 @@ class Agent:
                 clock=self.clock, limits=config.job_limits)
             self.assignments = AssignmentWatcher(
                 self.host_id, Records(discovery, f"cluster/assignments/{self.host_id}"),
-                ClaimRecords(claims), self.supervisor, self.heartbeat, self.spawn_task)
+                ClaimRecords(claims), self.supervisor, self.heartbeat, self.tasks.spawn)
 
     # ---- greenlets ------------------------------------------------------------------------
 
@@ -153,17 +153,6 @@ class Agent:
     def _service_died(self, greenlet):
         log.critical("service %s died: %r; stopping the agent", greenlet.name, greenlet.exception)
         self.crashed.set(greenlet.exception)
-
-    def spawn_task(self, run, *args):
-        """A short background task. A bug in one is logged with its traceback; the agent goes on."""
-        def task():
-            try:
-                run(*args)
-            except FlynnError as e:
-                log.warning("task %s: %s", getattr(run, "__name__", run), e)
-            except Exception:
-                log.exception("task %s%r failed", getattr(run, "__name__", run), args)
-        return self.tasks.spawn(task)
 
     def leave_cluster(self):
         """Deregister now (the cluster reacts at once, not after the TTL); idempotent."""

@@ -255,8 +255,9 @@ SETTINGS = (
     Setting("retain-ended", positive_int, 100, "ended jobs whose containers are kept for logs",
             "N"),
     Setting("event-buffer", positive_int, 10000, "events kept for long-poll resumption", "N"),
-    Setting("task-concurrency", positive_int, 64, "background tasks (container starts, stops) "
-            "run at once; the engine slows down with too many parallel starts", "N"),
+    Setting("task-concurrency", positive_int, 64, "container starts run at once (the engine "
+            "slows down with too many); the rest wait their turn. Stops, pulls and waits take no "
+            "slot", "N"),
     Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
     Setting("max-job-env", positive_int, 256, "environment variables one job may set", "N"),
     Setting("max-job-env-bytes", positive_int, 64 << 10, "bytes of one job's environment, names "

@@ -14,9 +14,26 @@ from host.events import EventLog
 from host.statedir import LocalState
 from host.store import Store
 from host.types import (ACTIVE_STATES, EVENT_FOR_STATE, FINAL_STATES, STARTING, ActiveJob, Event,
-                        HostResources, Job, can_transition)
+                        HostResources, Job, JobSummary, can_transition)
 
 log = logging.getLogger(__name__)
+
+#: longest `error` a job records: Docker's messages can quote whole specs back
+MAX_ERROR_CHARS = 2000
+
+
+def bounded_error(text: str) -> str:
+    text = str(text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 1] + "…"
+
+
+def event_job(job: ActiveJob) -> dict:
+    """What a job event carries: the job's summary (as the cluster's events carry it) and
+    where it runs, never its spec. A spec can be a megabyte of environment; every long-poll
+    answer, the retained buffer and its reload at start-up would carry it with every event,
+    and the environment is a secret besides. The spec is one GET /host/jobs/ID away."""
+    return dict(JobSummary.of(job).to_dict(), container_id=job.container_id,
+                internal_ip=job.internal_ip)
 
 
 class JobTable:
@@ -121,6 +138,8 @@ class JobTable:
             return False
         previous = job.status
         job.status = status
+        if fields.get("error"):
+            fields["error"] = bounded_error(fields["error"])
         for name, value in fields.items():
             setattr(job, name, value)
         self._save(job, publish=True)
@@ -145,6 +164,7 @@ class JobTable:
             self._store.save(self._seq[job.id], stored)
             return
         event = Event(cursor=self.events.next_cursor, type="job", event=EVENT_FOR_STATE[job.status],
-                      host_id=self.host_id, job_id=job.id, job=data, time=self._clock.now_text())
+                      host_id=self.host_id, job_id=job.id, job=event_job(job),
+                      time=self._clock.now_text())
         self._store.save(self._seq[job.id], stored, event.to_dict())
         self.events.append(event)

@@ -20,6 +20,7 @@ from host.ports import PortAllocator
 from host.retry import Backoff
 from host.runtime import ContainerSpec, ContainerState, Runtime, RuntimeEvent, labels
 from host.state import JobTable
+from host.tasks import Tasks
 from host.types import CRASHED, DONE, FAILED, RUNNING, STARTING, ActiveJob, HostResources, Job
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class JobSupervisor:
 
     def __init__(self, *, host_id: str, external_ip: str, bind_ip: str, capacity: HostResources,
                  retain_ended: int, runtime: Runtime, table: JobTable, ports: PortAllocator,
-                 clock: Clock, spawn: Callable,
+                 clock: Clock, tasks: Tasks,
                  on_forgotten: Optional[Callable[[ActiveJob], None]] = None,
                  registries: tuple = ()):
         self.host_id = host_id
@@ -64,7 +65,7 @@ class JobSupervisor:
         self.table = table
         self.ports = ports
         self.clock = clock
-        self._spawn = spawn           # runs a background task in the agent's bounded pool
+        self._tasks = tasks           # the agent's background tasks (host.tasks)
         self._on_forgotten = on_forgotten  # told of each ended job retention drops
         self.registries = tuple(registries)  # registries images may be pulled from; () = any
         self._last_event_nanos: Optional[int] = None
@@ -72,6 +73,9 @@ class JobSupervisor:
         self.reconciled = gevent.event.Event()  # set once the table matched the engine once
         self._starting = set()        # ids with a _start in progress, so none runs twice
         self._attach_slots: dict = {}  # job id -> AttachSlot
+        self._pulls: dict = {}        # image -> AsyncResult of the one pull in progress
+        self._stop_deadlines: dict = {}  # job id -> when its pending stop kills it
+        self._prune_pending = False
         ports.mark_taken(b for job in table.active() for b in job.ports)
 
     @property
@@ -100,7 +104,7 @@ class JobSupervisor:
         self._check_fits(job)
         bindings = self.ports.reserve(job.config.ports)
         active = self.table.add(job, bindings)
-        self._spawn(self._start, job.id)
+        self._tasks.spawn_engine_work(self._start, job.id)
         return active, True
 
     def _known(self, job: Job) -> Optional[ActiveJob]:
@@ -141,7 +145,7 @@ class JobSupervisor:
         self.table.update(job_id, stop_requested=True)
         log.info("job %s: stop requested (kill after %gs)", job_id, timeout_s)
         if job.container_id:
-            self._spawn(self._stop_container, job_id, timeout_s)
+            self._request_stop(job_id, timeout_s)
         # no container yet: _start sees stop_requested and does not start it
         return job, False
 
@@ -216,7 +220,8 @@ class JobSupervisor:
                 container_id = self.runtime.create(spec)
             except errors.ImageNotFound:
                 self._check_registry(spec.image)
-                self.runtime.pull(spec.image)  # may take long
+                with self._tasks.outside_slot():  # a registry's slowness is not the engine's
+                    self._pull(spec.image)
                 if self._ended_by_stop_request(active):
                     return
                 container_id = self.runtime.create(spec)
@@ -230,6 +235,22 @@ class JobSupervisor:
         slot = self._attach_slots.get(job_id)
         if slot is not None and slot.size and active.job.config.tty:
             self.size_terminal(active.container_id, slot.size)
+
+    def _pull(self, image: str):
+        """Pull `image`; jobs that want one image at once share one pull (its error too)."""
+        pending = self._pulls.get(image)
+        if pending is not None:
+            pending.get()
+            return
+        pending = self._pulls[image] = gevent.event.AsyncResult()
+        try:
+            self.runtime.pull(image)  # may take long
+            pending.set(None)
+        except BaseException as e:
+            pending.set_exception(e)
+            raise
+        finally:
+            del self._pulls[image]
 
     def _check_registry(self, image: str):
         """A pull goes only to an allowed registry (-registries; none given: any): a pull is
@@ -294,12 +315,36 @@ class JobSupervisor:
         if not self.table.transition(job_id, status, **fields):
             return False
         self.ports.release(job.ports)
-        self._spawn(self.prune_ended)
+        if not self._prune_pending:  # one prune catches up with every job ended before it
+            self._prune_pending = True
+            self._tasks.spawn(self._prune_soon)
         return True
+
+    def _prune_soon(self):
+        self._prune_pending = False
+        self.prune_ended()
 
     # ---- stopping --------------------------------------------------------------------------
 
-    def _stop_container(self, job_id: str, timeout_s: float):
+    def _request_stop(self, job_id: str, timeout_s: float):
+        """One stop at a time per job, and a new one only when it would kill sooner than the
+        one pending (`DELETE ?timeout=0` after a long one): a client repeating its DELETE does
+        not pile up greenlets and engine connections."""
+        deadline = self.clock.monotonic() + timeout_s
+        pending = self._stop_deadlines.get(job_id)
+        if pending is not None and pending <= deadline:
+            return
+        self._stop_deadlines[job_id] = deadline
+        self._tasks.spawn(self._stop_container, job_id, timeout_s, deadline)
+
+    def _stop_container(self, job_id: str, timeout_s: float, deadline: float = None):
+        try:
+            self._stop_and_record(job_id, timeout_s)
+        finally:
+            if self._stop_deadlines.get(job_id) == deadline:
+                del self._stop_deadlines[job_id]
+
+    def _stop_and_record(self, job_id: str, timeout_s: float):
         job = self.table.get(job_id)
         try:
             self.runtime.stop(job.container_id, timeout_s)
@@ -392,10 +437,10 @@ class JobSupervisor:
                     self._finish(job.id, CRASHED, error="container disappeared while unobserved")
                 else:
                     log.info("job %s: resuming its start", job.id)
-                    self._spawn(self._start, job.id)
+                    self._tasks.spawn_engine_work(self._start, job.id)
             elif container.status == "created" and not job.stop_requested:
                 self.table.update(job.id, container_id=container.id)
-                self._spawn(self._start, job.id)
+                self._tasks.spawn_engine_work(self._start, job.id)
             else:
                 self._apply_container_state(job.id, container)
         for job_id, container in containers.items():

@@ -221,7 +221,7 @@ class Event:
     event: str           # create | start | stop | error | add | remove | update
     host_id: str
     job_id: Optional[str]
-    job: Optional[dict]  # ActiveJob.to_dict() at the time of the event
+    job: Optional[dict]  # the job's summary at the time of the event (no spec)
     time: str
 
     def to_dict(self) -> dict:

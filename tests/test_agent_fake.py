@@ -7,9 +7,10 @@ import unittest
 import gevent
 import gevent.event
 
+from host import errors
 from host.runtime.labels import LABEL_HOST_ID
 from host.runtime.fake import FakeRuntime
-from tests.support import InProcessAgent
+from tests.support import InProcessAgent, wait_until
 
 
 def body(image="busybox", **extra):
@@ -58,6 +59,29 @@ class JobLifeTest(FakeAgentTestCase):
             self.assertGreaterEqual(ended["ended_at"], ended["started_at"])
         events = self.client.get("/host/events", params={"since": 0, "job_id": "bad"}).json()
         self.assertEqual([e["event"] for e in events["events"]], ["create", "start", "stop"])
+
+    def test_events_carry_the_job_summary_not_its_spec(self):
+        env = {f"VAR{n}": "x" * 200 for n in range(200)}  # a 40 KB spec, secrets included
+        self.client.put_job("big", body(config={"env": env}))
+        self.client.wait_status("big", "running")
+        answer = self.client.get("/host/events", params={"since": 0, "job_id": "big"})
+        self.assertLess(len(answer.content), 2000)
+        events = answer.json()["events"]
+        self.assertEqual([e["event"] for e in events], ["create", "start"])
+        self.assertEqual(set(events[1]["job"]), {
+            "id", "status", "image", "spec_digest", "ports", "resources", "exit_status", "error",
+            "created_at", "started_at", "ended_at", "container_id", "internal_ip"})
+        self.assertEqual(events[1]["job"]["status"], "running")
+        self.assertEqual(self.client.job("big")["job"]["config"]["env"], env)  # one GET away
+
+    def test_a_long_error_is_recorded_bounded(self):
+        def create(spec):  # the engine quotes a whole spec back
+            raise errors.RuntimeFailure("bad spec: " + "x" * 50000)
+        self.runtime.create = create
+        self.client.put_job("m", body())
+        error = self.client.wait_status("m", "failed")["error"]
+        self.assertTrue(error.startswith("bad spec: xxx"), error[:40])
+        self.assertLessEqual(len(error), 2000)
 
     def test_missing_image_fails_naming_it(self):
         self.client.put_job("m", body(image="nope:1"))
@@ -148,7 +172,7 @@ class JobLifeTest(FakeAgentTestCase):
                                           "running")
             self.runtime.exit(job["container_id"], 0)
             self.client.wait_status(f"r{n}", "done")
-        gevent.joinall(list(self.agent.tasks), timeout=5)
+        self.agent.tasks.join(timeout=5)
         self.assertEqual([j["job"]["id"] for j in self.client.get("/host/jobs").json()],
                          ["r3", "r2"])
         self.assertEqual(len(self.runtime.containers), 2)
@@ -316,3 +340,69 @@ class RegistryAllowListTest(FakeAgentTestCase):
             "busybox", "flynn/etcd:3.5.1", "Registry.Example:5000/a/b", "localhost/x",
             "10.0.0.1/x", "a.b/c@sha256:00")],
             ["docker.io", "docker.io", "registry.example:5000", "localhost", "10.0.0.1", "a.b"])
+
+
+class StubbornRuntime(FakeRuntime):
+    """An engine whose stops hang (a job that ignores SIGTERM, stopped with a long timeout) and
+    whose pulls wait for the test, counting how many are made."""
+
+    def __init__(self):
+        super().__init__()
+        self.stops_in_flight = 0
+        self.pulls = []
+        self.release_pulls = gevent.event.Event()
+
+    def stop(self, container_id, timeout_s):
+        self.stops_in_flight += 1
+        try:
+            gevent.sleep(timeout_s)
+        finally:
+            self.stops_in_flight -= 1
+
+    def pull(self, image):
+        self.pulls.append(image)
+        self.release_pulls.wait()
+        super().pull(image)
+
+
+class SlowTasksTest(FakeAgentTestCase):
+    """Stops and pulls wait; they must hold up neither starts, nor recording exits, nor the
+    API (a shared pool that blocked when full froze all three)."""
+    flags = ("-task-concurrency", "2")
+
+    def setUp(self):
+        self.runtime = StubbornRuntime()
+        self.host = InProcessAgent(self.runtime, flags=self.flags)
+        self.client, self.agent = self.host.client, self.host.agent
+
+    def test_hanging_stops_block_nothing(self):
+        for n in range(3):
+            self.client.put_job(f"j{n}", body())
+            self.client.wait_status(f"j{n}", "running")
+        for _ in range(32):  # the same caller, again and again, on two jobs
+            for job_id in ("j0", "j1"):
+                answer = self.client.delete(f"/host/jobs/{job_id}", params={"timeout": 3600})
+                self.assertEqual(answer.status_code, 202)
+        wait_until(lambda: self.runtime.stops_in_flight == 2, 5, "both stops under way")
+        gevent.sleep(0.05)
+        self.assertEqual(self.runtime.stops_in_flight, 2)  # one a job, however often asked
+        # the API answers, a new job starts, and an exit is recorded, with both stops hanging
+        self.client.put_job("after", body())
+        self.client.wait_status("after", "running", timeout=5)
+        self.runtime.exit(self.container_of("j2"), 7)
+        self.assertEqual(self.client.wait_status("j2", "crashed", timeout=5)["exit_status"], 7)
+        # a shorter timeout than the pending stop's is a new stop: it kills sooner
+        self.client.delete("/host/jobs/j0", params={"timeout": 0})
+        wait_until(lambda: self.runtime.stops_in_flight == 2, 5, "the short stop done")
+
+    def test_a_pull_takes_no_start_slot_and_one_image_is_pulled_once(self):
+        self.runtime.pullable.add("remote:1")
+        for n in range(3):  # more jobs waiting on the pull than there are start slots
+            self.client.put_job(f"pulling{n}", body(image="remote:1"))
+        wait_until(lambda: self.runtime.pulls, 5, "the pull under way")
+        self.client.put_job("local", body())
+        self.client.wait_status("local", "running", timeout=5)
+        self.runtime.release_pulls.set()
+        for n in range(3):
+            self.client.wait_status(f"pulling{n}", "running", timeout=5)
+        self.assertEqual(self.runtime.pulls, ["remote:1"])
