@@ -8,7 +8,9 @@ raises AgentUnreachable. Every call has a timeout.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import ssl
 import time
 from typing import Iterator, Optional
 from urllib.parse import quote, urlsplit
@@ -35,7 +37,7 @@ FORWARDED_BY = "X-Flynn-Forwarded-By"
 ERROR_CLASSES = {cls.code: cls for cls in (
     errors.ValidationError, errors.NotFound, errors.MethodNotAllowed, errors.Conflict,
     errors.CursorExpired, errors.TooLarge, errors.NoCapacity, errors.Unavailable,
-    errors.NotLeader, errors.InternalError, errors.Unauthorized)}
+    errors.NotLeader, errors.InternalError, errors.Unauthorized, errors.TooManyRequests)}
 
 
 class AgentUnreachable(errors.FlynnError):
@@ -63,20 +65,35 @@ def error_from_body(status: int, content: bytes, url: str) -> errors.FlynnError:
     return error
 
 
+def client_tls_ca(tls_ca: Optional[str] = None, environ=None) -> Optional[str]:
+    """The CA file a client verifies agents' certificates with: `tls_ca`, else FLYNN_HOST_TLS_CA
+    (None: plain HTTP to an address given without a scheme)."""
+    environ = os.environ if environ is None else environ
+    return tls_ca or environ.get("FLYNN_HOST_TLS_CA", "").strip() or None
+
+
+def agent_url(addr: str, tls) -> str:
+    """`addr` as a base URL: as given when it has a scheme, else https:// when `tls` (a CA file
+    to verify with, or True for the system's CAs: the cluster serves TLS), else http://."""
+    if "://" in addr:
+        return addr.rstrip("/")
+    return ("https://" if tls else "http://") + addr
+
+
 def forward(addr: str, method: str, path: str, query: str, body: bytes, content_type: str,
             forwarded_by: str, token: Optional[str] = None,
-            extra_timeout_s: float = 0) -> requests.Response:
+            extra_timeout_s: float = 0, tls=None) -> requests.Response:
     """Send a request on to the agent at `addr` as it came (the leader's answer is relayed
-    unchanged), saying which agent forwards it, with the cluster's token; NotLeader (503,
-    retry) if it cannot be reached."""
-    url = f"http://{addr}{path}" + (f"?{query}" if query else "")
+    unchanged), saying which agent forwards it, with the cluster's token, over TLS when `tls`
+    (as agent_url); NotLeader (503, retry) if it cannot be reached."""
+    url = agent_url(addr, tls) + path + (f"?{query}" if query else "")
     headers = {FORWARDED_BY: forwarded_by, **bearer(token)}
     if content_type:
         headers["Content-Type"] = content_type
     try:
         return requests.request(method, url, data=body or None, headers=headers,
                                 timeout=FORWARD_TIMEOUT_S + extra_timeout_s,
-                                allow_redirects=False)
+                                allow_redirects=False, verify=tls or True)
     except requests.RequestException as e:
         raise errors.NotLeader(f"the leader at {addr} could not be reached: {e}",
                                leader=addr) from e
@@ -94,12 +111,16 @@ class _Client:
     timeout_s = 10.0
 
     def __init__(self, addr: str, timeout_s: Optional[float] = None,
-                 token: Optional[str] = None):
+                 token: Optional[str] = None, tls_ca: Optional[str] = None):
         """`token`: the agent's API token; without one, FLYNN_HOST_TOKEN or the file named by
-        FLYNN_HOST_TOKEN_FILE, if set."""
-        self.addr = addr if "://" in addr else f"http://{addr}"
+        FLYNN_HOST_TOKEN_FILE, if set. `tls_ca`: the CA certificate(s) to verify the agent's
+        with (or FLYNN_HOST_TLS_CA); an address without a scheme is then reached by https."""
+        self.tls_ca = client_tls_ca(tls_ca)
+        self.addr = agent_url(addr, self.tls_ca)
         self.timeout_s = timeout_s or self.timeout_s
         self.token = token or client_token()
+        # given on every request: a session's own `verify` loses to REQUESTS_CA_BUNDLE
+        self.verify = self.tls_ca or True
         self.http = requests.Session()
         self.http.headers.update(bearer(self.token))
 
@@ -107,7 +128,8 @@ class _Client:
                  stream: bool = False, **kwargs) -> requests.Response:
         try:
             response = self.http.request(method, self.addr + path, stream=stream,
-                                         timeout=self.timeout_s + extra_timeout_s, **kwargs)
+                                         timeout=self.timeout_s + extra_timeout_s,
+                                         verify=self.verify, **kwargs)
         except requests.RequestException as e:
             raise AgentUnreachable(f"no answer from {self.addr}: {e}") from e
         if response.status_code >= 400:
@@ -154,14 +176,19 @@ class AttachSocket(WebSocketBase):
     - a refused upgrade raises the agent's typed error from its JSON body (a 404, a 400), not a
       bare status code."""
 
-    def __init__(self, url: str, timeout_s: float, token: Optional[str] = None):
+    def __init__(self, url: str, timeout_s: float, token: Optional[str] = None,
+                 tls_ca: Optional[str] = None):
         self.token = token
         parts = urlsplit(url)
-        self.host, self.port = parts.hostname, parts.port or 80
+        secure = parts.scheme == "wss"
+        self.host, self.port = parts.hostname, parts.port or (443 if secure else 80)
         self.target = parts.path + (f"?{parts.query}" if parts.query else "")
         self.url = url
         sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
         try:
+            if secure:
+                context = ssl.create_default_context(cafile=tls_ca)
+                sock = context.wrap_socket(sock, server_hostname=self.host)
             super().__init__(sock, connection_type=ConnectionType.CLIENT)
         except BaseException:
             sock.close()
@@ -252,12 +279,11 @@ class HostClient(_Client):
         """Attach to a job's stdin/stdout/stderr; the job may not exist yet (the agent waits,
         bounded, and starts it only once attached). `size` (height, width) sizes its terminal
         as it starts."""
-        url = self.addr.replace("http://", "ws://", 1) + route_path("host", "jobs", job_id,
-                                                                    "attach")
+        url = self.addr.replace("http", "ws", 1) + route_path("host", "jobs", job_id, "attach")
         if size:
             url += f"?height={size[0]}&width={size[1]}"
         try:
-            return Attachment(AttachSocket(url, self.timeout_s, self.token))
+            return Attachment(AttachSocket(url, self.timeout_s, self.token, self.tls_ca))
         except OSError as e:
             raise AgentUnreachable(f"cannot attach through {self.addr}: {e}") from e
 

@@ -66,6 +66,13 @@ def positive_int(text: str) -> int:
     return _int_between(text, 1, 1 << 40)
 
 
+def parse_seconds(text: str) -> float:
+    value = float(str(text).strip())
+    if not 0.1 <= value <= 86400:
+        raise ValueError("must be from 0.1 to 86400 seconds")
+    return value
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on", ""):
@@ -154,6 +161,13 @@ def parse_manifest_path(text: str) -> str:
     return path
 
 
+def parse_existing_file(text: str) -> str:
+    path = text.strip()
+    if path and not os.path.isfile(path):
+        raise ValueError("no such file")
+    return path
+
+
 def parse_etcd_prefix(text: str) -> str:
     prefix = "/" + text.strip().strip("/")
     if " " in prefix:
@@ -231,6 +245,12 @@ SETTINGS = (
     Setting("auth-token-file", parse_token_file, "", "file holding the API token: every route "
             "but /healthz then asks for Authorization: Bearer <token>", "FILE",
             env_name="FLYNN_HOST_TOKEN_FILE"),
+    Setting("tls-cert", parse_existing_file, "", "certificate chain (PEM) to serve the API over "
+            "HTTPS with; the agents of a cluster then reach each other by https too. Its names "
+            "must include the -external IP", "FILE"),
+    Setting("tls-key", parse_existing_file, "", "the certificate's private key (PEM)", "FILE"),
+    Setting("tls-ca", parse_existing_file, "", "CA certificate(s) (PEM) this agent verifies "
+            "other agents' certificates with (default: the system's)", "FILE"),
     Setting("bind", parse_bind_ip, "", "IP that jobs' published ports bind to (default: all)",
             "IP"),
     Setting("id", parse_host_id, None, "host id (default: derived from the hostname once, then "
@@ -259,6 +279,20 @@ SETTINGS = (
             "slows down with too many); the rest wait their turn. Stops, pulls and waits take no "
             "slot", "N"),
     Setting("max-body-bytes", positive_int, 1 << 20, "largest request body accepted", "N"),
+    Setting("max-headers", positive_int, 100, "header lines one request may send", "N"),
+    Setting("max-header-bytes", positive_int, 64 << 10, "bytes of one request's header block",
+            "N"),
+    Setting("header-timeout", parse_seconds, 10.0, "seconds a client has to send a request's "
+            "headers once it starts (a slow sender holds a connection for no more)", "SECONDS"),
+    Setting("read-timeout", parse_seconds, 60.0, "seconds a connection may stay silent while "
+            "the agent waits to read from it: a body, or the next request on a kept-alive "
+            "connection", "SECONDS"),
+    Setting("max-connections", positive_int, 4096, "client connections served at once; more "
+            "wait in the kernel's queue", "N"),
+    Setting("max-waits-per-client", positive_int, 256, "long-polls, event streams, log follows "
+            "and attaches one client address may hold open at once (429 past it)", "N"),
+    Setting("max-attaches-per-job", positive_int, 4, "attach sessions one job may have at "
+            "once (429 past it)", "N"),
     Setting("max-job-env", positive_int, 256, "environment variables one job may set", "N"),
     Setting("max-job-env-bytes", positive_int, 64 << 10, "bytes of one job's environment, names "
             "and values together", "N"),
@@ -335,6 +369,12 @@ class Config:
                          fixed_ports=self.fixed_ports)
 
     @property
+    def peer_tls(self):
+        """How this agent reaches the others (host.client.agent_url): None over plain HTTP; with
+        -tls-cert (the cluster serves TLS) by https, verified with -tls-ca or the system's."""
+        return (self.tls_ca or True) if self.tls_cert else None
+
+    @property
     def addr(self) -> str:
         return f"{self.external}:{self.listen[1]}"
 
@@ -395,6 +435,8 @@ def load_config(argv: list, environ: Optional[dict] = None) -> Config:
         else:
             values[setting.attr] = _parse_value(setting, raw, source)
     given = {s.attr for s in SETTINGS if s.attr in flags or environ.get(s.env, "") != ""}
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise ConfigError("-tls-cert and -tls-key go together: give both, or neither")
     if values["listen"] is None:
         values["listen"] = ("0.0.0.0" if values["auth_token_file"] else "127.0.0.1", 1113)
     return Config(values, frozenset(given))

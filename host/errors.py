@@ -17,6 +17,7 @@ STATUS_FOR_CODE = {
     "cursor_expired": 410,
     "too_large": 413,
     "no_capacity": 422,
+    "too_many_requests": 429,
     "internal_error": 500,
     "not_leader": 503,
     "unavailable": 503,
@@ -71,6 +72,12 @@ class CursorExpired(FlynnError):
 
 class TooLarge(FlynnError):
     code = "too_large"
+
+
+class TooManyRequests(FlynnError):
+    """A client holds as many open requests as it may; it retries once one has ended."""
+    code = "too_many_requests"
+    retry = True
 
 
 class NoCapacity(FlynnError):

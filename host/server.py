@@ -4,12 +4,21 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
+from dataclasses import dataclass
+from typing import Optional
 
+import gevent
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+log = logging.getLogger(__name__)
+
 #: environ key an application sets once the request's connection has become a WebSocket
 UPGRADED = "flynn.upgraded"
+
+#: environ key holding the request's connection (gunicorn's workers give `gunicorn.socket`)
+SOCKET = "flynn.socket"
 
 #: pending connections the kernel queues for us: long-poll clients reconnect in bursts
 LISTEN_BACKLOG = 1024
@@ -32,23 +41,43 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-#: as http.client.parse_headers: longest header line, most header lines; and the whole block
+#: as http.client.parse_headers: the longest header line
 MAX_HEADER_LINE = 65536
-MAX_HEADERS = 100
-MAX_HEADER_BYTES = 65536
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one connection may take of the agent (the -max-headers ... settings)."""
+    max_headers: int = 100              # header lines of one request
+    max_header_bytes: int = 65536       # the whole header block
+    header_timeout: float = 10.0        # seconds from a request's first byte to its last header
+    read_timeout: float = 60.0          # seconds a read may wait: a body, or the next request
+    max_connections: int = 4096
+
+    @classmethod
+    def of(cls, config) -> "ServerLimits":
+        return cls(max_headers=config.max_headers, max_header_bytes=config.max_header_bytes,
+                   header_timeout=config.header_timeout, read_timeout=config.read_timeout,
+                   max_connections=config.max_connections)
+
+
+class HeadersTooSlow(OSError):
+    """The client took longer than -header-timeout to send a request's line and headers (an
+    OSError: pywsgi drops a connection whose request line fails so, and answers 408 when the
+    headers do)."""
 #: an RFC 9110 token, what a field name must be
 HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-def read_headers(fp) -> pywsgi.OldMessage:
+def read_headers(fp, limits: ServerLimits = ServerLimits()) -> pywsgi.OldMessage:
     """Request headers as pywsgi's headers_factory returns them, without the email package.
     http.client.parse_headers reads the lines, then hands them to email.parser, which is the
     largest single cost of a small request; with a thousand long-poll clients re-polling after
     every event, it dominated the agent's CPU. Same limits, and the same result for well-formed
     headers. A malformed block sets `status` (pywsgi answers 400), as gunicorn refuses the same:
     a field name that is not a token, obsolete line folding (RFC 9112 lets a server refuse it;
-    folded lines escaped the header count, and joining them was quadratic), a block over
-    MAX_HEADER_BYTES, a NUL or a bare CR, and the request-smuggling gadgets around the body's
+    folded lines escaped the header count, and joining them was quadratic), more lines or bytes
+    than `limits` allow, a NUL or a bare CR, and the request-smuggling gadgets around the body's
     length (below)."""
     message = pywsgi.OldMessage()
     total = 0
@@ -58,14 +87,14 @@ def read_headers(fp) -> pywsgi.OldMessage:
         if len(line) > MAX_HEADER_LINE:
             message.status = "Line too long"
             return message
-        if total > MAX_HEADER_BYTES:
-            message.status = f"header block over {MAX_HEADER_BYTES} bytes"
+        if total > limits.max_header_bytes:
+            message.status = f"header block over {limits.max_header_bytes} bytes"
             return message
         if line in (b"\r\n", b"\n", b""):
             message.status = _framing_problem(message)
             return message
-        if len(message._headers) >= MAX_HEADERS:
-            message.status = f"more than {MAX_HEADERS} headers"
+        if len(message._headers) >= limits.max_headers:
+            message.status = f"more than {limits.max_headers} headers"
             return message
         text = line.decode("iso-8859-1")
         if text[0] in " \t":
@@ -101,19 +130,70 @@ def _framing_problem(message) -> str:
     return ""
 
 
+def client_socket(environ):
+    """The request's connection under either server we run under (None under another)."""
+    return environ.get(SOCKET) or environ.get("gunicorn.socket")
+
+
+_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                     b"Content-Type: text/plain\r\nContent-Length: 45\r\n\r\n"
+                     b"the request's headers took too long to arrive")
+
+
 class _Handler(WSGIHandler):
+    """pywsgi's handler with our header parser, limits on how slowly a client may send, and
+    the connection in the environ (SOCKET)."""
+    _header_clock = None
+
+    def handle(self):
+        # Every read and write on the connection waits at most read_timeout: a body trickling
+        # in, a kept-alive connection with no next request, a client that reads nothing.
+        self.socket.settimeout(self.server.limits.read_timeout)
+        super().handle()
+
     def MessageClass(self, fp, *args):
-        return read_headers(fp)
+        return read_headers(fp, self.server.limits)
+
+    def read_requestline(self):
+        # Waiting for a request to begin is idleness (read_timeout); from its first byte, the
+        # line and the headers must all arrive within header_timeout, however slowly they
+        # trickle (one byte a minute would otherwise hold the connection for hours).
+        self.rfile.peek(1)
+        limit = self.server.limits.header_timeout
+        self._header_clock = gevent.Timeout.start_new(
+            limit, HeadersTooSlow(f"request headers not complete within {limit:g}s"))
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._stop_header_clock()
+
+    def _stop_header_clock(self):
+        if self._header_clock is not None:
+            self._header_clock.close()
+            self._header_clock = None
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, HeadersTooSlow):
+            self.close_connection = True
+            return ("408", _TIMEOUT_RESPONSE)
+        return super()._handle_client_error(ex)
 
     def get_environ(self):
         env = super().get_environ()
         # the request target as sent, before pywsgi decodes it into PATH_INFO (gunicorn gives
         # the same name): the app checks the path's escapes there (host.api.http.path_problem)
         env["RAW_URI"] = self.path
+        env[SOCKET] = self.socket
         return env
 
     def handle_one_request(self):
-        result = super().handle_one_request()
+        try:
+            result = super().handle_one_request()
+        finally:
+            self._stop_header_clock()
         if self.environ is not None and self.environ.get(UPGRADED):
             # The connection is a WebSocket's now, read through a dup of the socket
             # (simple_websocket). pywsgi's own close reads the socket once first, which can
@@ -130,11 +210,36 @@ class _Handler(WSGIHandler):
             super().log_request()
 
 
-def wsgi_server(app, host: str, port: int) -> WSGIServer:
-    """A started server for `app`. Raises OSError when the address cannot be bound."""
+class _Server(WSGIServer):
+    def wrap_socket_and_handle(self, client_socket, address):
+        # the TLS handshake runs before the handler: bounded as the headers are
+        client_socket.settimeout(self.limits.header_timeout)
+        try:
+            return super().wrap_socket_and_handle(client_socket, address)
+        except (ssl.SSLError, OSError) as e:
+            # a client that does not trust us, speaks plain HTTP, or leaves mid-handshake: its
+            # business, not a traceback in our log
+            log.debug("TLS handshake with %s failed: %s", address[0], e)
+
+
+def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """TLS 1.2 and up with the certificate chain and key; raises OSError or ssl.SSLError."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def wsgi_server(app, host: str, port: int, limits: ServerLimits = ServerLimits(),
+                tls: Optional[ssl.SSLContext] = None) -> WSGIServer:
+    """A started server for `app` (HTTPS with `tls`). Raises OSError when the address cannot be
+    bound. At most limits.max_connections are served at once; others wait in the backlog."""
     access = logging.getLogger("host.access")
-    server = WSGIServer(listen_socket(host, port), app, log=access, handler_class=_Handler,
-                        error_log=logging.getLogger("host.wsgi"))
+    ssl_args = {"ssl_context": tls} if tls is not None else {}
+    server = _Server(listen_socket(host, port), app, log=access, handler_class=_Handler,
+                     error_log=logging.getLogger("host.wsgi"), spawn=limits.max_connections,
+                     **ssl_args)
+    server.limits = limits
     server.access_log_enabled = access.isEnabledFor(logging.DEBUG)
     server.start()
     return server

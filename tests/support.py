@@ -21,7 +21,7 @@ from host.api import create_app
 from host.config import load_config
 from host.runtime.labels import LABEL_HOST_ID
 from host.runtime.docker import DockerRuntime
-from host.server import wsgi_server
+from host.server import ServerLimits, wsgi_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLYNN_HOST = os.path.join(REPO, "bin", "flynn-host")
@@ -73,23 +73,28 @@ def job_body(cmd, **config) -> dict:
 class AgentClient:
     """A thin HTTP helper for tests (the real client library is host.client, a later issue)."""
 
-    def __init__(self, base_url: str, token: str = None):
+    def __init__(self, base_url: str, token: str = None, verify=True):
         self.url = base_url
+        self.verify = verify  # on each request: a session's loses to REQUESTS_CA_BUNDLE
         self.http = requests.Session()
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
     def get(self, path, **kw):
-        return self.http.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+        return self.http.get(self.url + path, timeout=kw.pop("timeout", 30),
+                             verify=self.verify, **kw)
 
     def put(self, path, **kw):
-        return self.http.put(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+        return self.http.put(self.url + path, timeout=kw.pop("timeout", 30),
+                             verify=self.verify, **kw)
 
     def post(self, path, **kw):
-        return self.http.post(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+        return self.http.post(self.url + path, timeout=kw.pop("timeout", 30),
+                             verify=self.verify, **kw)
 
     def delete(self, path, **kw):
-        return self.http.delete(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+        return self.http.delete(self.url + path, timeout=kw.pop("timeout", 30),
+                             verify=self.verify, **kw)
 
     def put_job(self, job_id, body) -> dict:
         resp = self.put(f"/host/jobs/{job_id}", json=body)
@@ -142,23 +147,58 @@ class AgentClient:
         return job
 
 
+class TestCA:
+    """A certificate authority of the test's own (openssl), issuing server certificates for IP
+    addresses, in a temporary directory."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="flynn-test-ca-")
+        self.cert, self.key = (os.path.join(self.dir, name) for name in ("ca.pem", "ca.key"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=flynn-host test CA", "-keyout", self.key, "-out", self.cert],
+                       check=True, capture_output=True)
+
+    def issue(self, ip: str, name: str = None) -> tuple:
+        """(certificate file, key file) for `ip` (and 127.0.0.1, localhost)."""
+        name = name or f"agent-{ip}"
+        cert, key, csr = (os.path.join(self.dir, f"{name}.{ext}") for ext in ("pem", "key", "csr"))
+        ext = os.path.join(self.dir, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=IP:{ip},IP:127.0.0.1,DNS:localhost\n")
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={ip}",
+                        "-keyout", key, "-out", csr], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey",
+                        self.key, "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", cert],
+                       check=True, capture_output=True)
+        return cert, key
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class AgentProcess:
     """bin/flynn-host as a real process on 127.0.0.1:<free port> with its own state dir."""
 
     def __init__(self, host_id: str, state_dir: str = None, args=(), env=None, ip="127.0.0.1",
-                 port: int = None, token_file: str = None):
-        """`token_file`: the agent asks for that token, and self.client sends it."""
+                 port: int = None, token_file: str = None, tls: "TestCA" = None):
+        """`token_file`: the agent asks for that token, and self.client sends it. `tls`: the
+        agent serves HTTPS with a certificate of that CA for `ip`, and self.client verifies it."""
         self.host_id = host_id
         self.ip = ip
         self.port = port or free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix=f"flynn-{host_id}-")
         self.args = list(args) + (["-auth-token-file", token_file] if token_file else [])
+        if tls is not None:
+            cert, key = tls.issue(ip)
+            self.args += ["-tls-cert", cert, "-tls-key", key, "-tls-ca", tls.cert]
         token = open(token_file).read().strip() if token_file else None
         # a cluster of its own unless the test shares a prefix between agents
         self.env = {**os.environ, "FLYNN_ETCD_PREFIX": f"/flynn-test/{host_id}", **(env or {})}
         self.proc = None
         self.log_path = os.path.join(self.state_dir, "agent.log")
-        self.client = AgentClient(f"http://{ip}:{self.port}", token)
+        scheme = "https" if tls is not None else "http"
+        self.client = AgentClient(f"{scheme}://{ip}:{self.port}", token,
+                                  verify=tls.cert if tls is not None else True)
 
     def start(self, extra_args=(), wait=True) -> "AgentProcess":
         cmd = [sys.executable, FLYNN_HOST, "-id", self.host_id, "-state-dir", self.state_dir,
@@ -241,7 +281,8 @@ class InProcessAgent:
         self.agent = Agent(self.config, runtime, clock)
         self.agent.start()
         wait_until(lambda: self.agent.supervisor.events_connected, 5, "following runtime events")
-        self.server = wsgi_server(create_app(self.agent), "127.0.0.1", 0)
+        self.server = wsgi_server(create_app(self.agent), "127.0.0.1", 0,
+                                  ServerLimits.of(self.config))
         self.client = AgentClient(f"http://127.0.0.1:{self.server.server_port}", token)
         self.stopped = False
 

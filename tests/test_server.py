@@ -5,8 +5,10 @@ import socket
 import unittest
 
 from host.runtime.fake import FakeRuntime
-from host.server import MAX_HEADERS, listen_socket, read_headers
+from host.server import ServerLimits, listen_socket, read_headers
 from tests.support import InProcessAgent
+
+MAX_HEADERS = ServerLimits().max_headers
 
 
 class ListenSocketTest(unittest.TestCase):

@@ -15,6 +15,7 @@ from host.api import cluster as cluster_routes
 from host.api import health as health_routes
 from host.api import host as host_routes
 from host.api.events import events_response
+from host.api.waiters import Waiters
 from host.api.http import JSON_TYPE, json_errors, path_problem, router_error
 from host.auth import OPEN_PATHS, TokenCheck
 from host.errors import FlynnError, InternalError, Unauthorized, ValidationError
@@ -34,6 +35,7 @@ class AgentApp(bottle.Bottle):
         self._event_log = agent.table.events
         self._token = TokenCheck(agent.token) if agent.token else None
         self._browsers = BrowserGuard(agent.config.allowed_hosts)
+        self.waiters = Waiters(agent.config.max_waits_per_client)
 
     def __call__(self, environ, start_response):
         # before anything else, the fast lane and the attach upgrade included
@@ -73,7 +75,8 @@ class AgentApp(bottle.Bottle):
         query = {name: values[-1] for name, values in
                  parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
         try:
-            status, content_type, body = events_response(self._event_log, query)
+            status, content_type, body = events_response(self._event_log, query, environ,
+                                                         self.waiters)
         except FlynnError as e:
             status, content_type, body = e.status, JSON_TYPE, simplejson.dumps(e.to_dict())
         except Exception:

@@ -7,19 +7,21 @@ exits at once. Works under bin/flynn-host (gevent's pywsgi) and gunicorn's geven
 """
 from __future__ import annotations
 
+import collections
 import logging
 
 import bottle
 import gevent
 import simple_websocket
 import simplejson
+from wsproto import ConnectionType
 from wsproto.utilities import RemoteProtocolError
 
 from host import errors
 from host.api.http import checked_id, int_param
 from host.api.host import parse_signal
 from host.runtime import STDERR, STDOUT
-from host.server import UPGRADED
+from host.server import SOCKET, UPGRADED, client_socket
 from host.types import FINAL_STATES, RUNNING
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,51 @@ CLOSE_WAIT_S = 2.0
 MAX_MESSAGE_BYTES = 1 << 20
 
 
+class _SendAll:
+    """The connection as the WebSocket uses it, with send() meaning sendall(): the library's
+    send() writes what one call takes, so output to a slow client lost the rest of a frame."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def send(self, data) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _WebSocket(simple_websocket.Server):
+    """simple_websocket's server on a connection we hand it (it otherwise digs the socket out of
+    the environ itself, and writes to it with send())."""
+
+    def __init__(self, environ, sock, **kwargs):
+        self.environ, self.subprotocols, self.mode = environ, [], "flynn"
+        simple_websocket.ws.Base.__init__(self, _SendAll(sock),
+                                          connection_type=ConnectionType.SERVER, **kwargs)
+
+
+def _connection(environ):
+    """The request's connection, for the WebSocket to own. Under pywsgi a duplicate (the server
+    closes its own; a TLS connection cannot be duplicated, and is used as it is). No timeout:
+    an attached terminal may be idle for hours."""
+    sock = client_socket(environ)
+    if sock is None:
+        raise errors.InternalError("attach: this server does not expose its connections")
+    if environ.get(SOCKET) is not None:
+        try:
+            sock = sock.dup()
+        except NotImplementedError:
+            pass
+    sock.settimeout(None)
+    return sock
+
+
 def install(app: bottle.Bottle, agent):
+    attached = collections.Counter()  # job id -> attach sessions open
+    per_job = agent.config.max_attaches_per_job
+
     @app.get("/host/jobs/<job_id>/attach")
     def attach(job_id):
         environ = bottle.request.environ
@@ -43,41 +89,60 @@ def install(app: bottle.Bottle, agent):
         checked_id("job id", job_id)
         query = bottle.request.query
         size = (int_param(query, "height", None, 1, 9999), int_param(query, "width", None, 1, 9999))
-        slot = agent.supervisor.reserve_attach(job_id)
-        if all(size):
-            slot.size = size  # the terminal is sized right as the job starts
+        if attached[job_id] >= per_job:
+            raise errors.TooManyRequests(f"job {job_id!r} has {attached[job_id]} attach sessions "
+                                         f"open, the most it may (-max-attaches-per-job "
+                                         f"{per_job})")
+        with app.waiters.held(environ, "attach"):
+            attached[job_id] += 1
+            try:
+                return _serve(agent, environ, job_id, size)
+            finally:
+                attached[job_id] -= 1
+                if attached[job_id] <= 0:
+                    del attached[job_id]
+
+
+def _serve(agent, environ, job_id: str, size: tuple):
+    """The attach session on this request's connection, once upgraded."""
+    slot = agent.supervisor.reserve_attach(job_id)
+    if all(size):
+        slot.size = size  # the terminal is sized right as the job starts
+    try:
+        # no permessage-deflate: a small compressed frame inflates, inside the WebSocket
+        # library and before any size check, into hundreds of megabytes. Without the
+        # client's offer, the answer names no extension
+        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        sock = _connection(environ)
         try:
-            # no permessage-deflate: a small compressed frame inflates, inside the WebSocket
-            # library and before any size check, into hundreds of megabytes. Without the
-            # client's offer, the answer names no extension
-            environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-            try:
-                ws = simple_websocket.Server(environ, max_message_size=MAX_MESSAGE_BYTES)
-            except RemoteProtocolError as e:
-                raise errors.ValidationError(
-                    f"attach: not a valid WebSocket upgrade: {e}") from None
-            environ[UPGRADED] = True
-            try:
-                _session(agent, job_id, slot, ws)
-            except simple_websocket.ConnectionClosed:
-                pass  # the client went away
-            except errors.FlynnError as e:
-                _send_json(ws, dict(e.to_dict(), type="error"))
-            except Exception:
-                log.exception("job %s: attach failed", job_id)
-                error = errors.InternalError("internal error (logged by the agent)")
-                _send_json(ws, dict(error.to_dict(), type="error"))
-            try:
-                ws.close()
-            except simple_websocket.ConnectionClosed:
-                pass
-            # the closing handshake: the client answers our close, then the connection ends;
-            # returning at once would let the server close the socket under that answer
-            ws.thread.join(CLOSE_WAIT_S)
-        finally:
-            agent.supervisor.release_attach(job_id)
-        # never written (see AgentApp.__call__); the access log shows the switch
-        return bottle.HTTPResponse(status=101)
+            ws = _WebSocket(environ, sock, max_message_size=MAX_MESSAGE_BYTES)
+        except RemoteProtocolError as e:
+            if sock is not client_socket(environ):  # our duplicate; the 400 goes on the other
+                sock.close()
+            raise errors.ValidationError(
+                f"attach: not a valid WebSocket upgrade: {e}") from None
+        environ[UPGRADED] = True
+        try:
+            _session(agent, job_id, slot, ws)
+        except simple_websocket.ConnectionClosed:
+            pass  # the client went away
+        except errors.FlynnError as e:
+            _send_json(ws, dict(e.to_dict(), type="error"))
+        except Exception:
+            log.exception("job %s: attach failed", job_id)
+            error = errors.InternalError("internal error (logged by the agent)")
+            _send_json(ws, dict(error.to_dict(), type="error"))
+        try:
+            ws.close()
+        except simple_websocket.ConnectionClosed:
+            pass
+        # the closing handshake: the client answers our close, then the connection ends;
+        # returning at once would let the server close the socket under that answer
+        ws.thread.join(CLOSE_WAIT_S)
+    finally:
+        agent.supervisor.release_attach(job_id)
+    # never written (see AgentApp.__call__); the access log shows the switch
+    return bottle.HTTPResponse(status=101)
 
 
 def _send_json(ws, message: dict):

@@ -41,7 +41,7 @@ def install(app: bottle.Bottle, agent):
             path = quote(request.fullpath, safe="/")
             # a stream cannot be relayed through a buffered forward: send the client along
             if bool_param(request.query, "redirect") or bool_param(request.query, "stream"):
-                location = f"http://{leader.addr}{path}"
+                location = client.agent_url(leader.addr, agent.config.peer_tls) + path
                 if request.query_string:
                     location += "?" + request.query_string
                 return bottle.HTTPResponse(status=307, headers={"Location": location})
@@ -50,7 +50,8 @@ def install(app: bottle.Bottle, agent):
                                     read_body(agent.config.max_body_bytes),
                                     request.content_type, agent.host_id, agent.token,
                                     extra_timeout_s=float_param(request.query, "wait", 0, 0,
-                                                                MAX_WAIT_S))
+                                                                MAX_WAIT_S),
+                                    tls=agent.config.peer_tls)
             return bottle.HTTPResponse(answer.content, answer.status_code, headers={
                 "Content-Type": answer.headers.get("Content-Type", "application/json")})
         return wrapper
@@ -90,14 +91,16 @@ def install(app: bottle.Bottle, agent):
         request = bottle.request
         answer = client.forward(registered.addr, "DELETE",
                                 client.route_path("host", "jobs", job_id),
-                                request.query_string, b"", "", agent.host_id, agent.token)
+                                request.query_string, b"", "", agent.host_id, agent.token,
+                                tls=agent.config.peer_tls)
         return bottle.HTTPResponse(answer.content, answer.status_code, headers={
             "Content-Type": answer.headers.get("Content-Type", "application/json")})
 
     @app.get("/cluster/events")
     @leader_only
     def events():
-        status, content_type, body = events_response(view.events, bottle.request.query)
+        status, content_type, body = events_response(view.events, bottle.request.query,
+                                                     bottle.request.environ, app.waiters)
         return bottle.HTTPResponse(body, status, headers={"Content-Type": content_type})
 
     @app.get("/cluster/hosts/<host_id>")

@@ -6,6 +6,7 @@ import simplejson
 
 from host import errors
 from host.api.http import JSON_TYPE, bool_param, float_param, int_param
+from host.api.waiters import Waiters
 from host.events import EventLog
 
 #: seconds between keep-alive blank lines on a streamed event response
@@ -15,9 +16,10 @@ MAX_WAIT_S = 60.0
 NDJSON_TYPE = "application/x-ndjson"
 
 
-def events_response(log: EventLog, query) -> tuple:
+def events_response(log: EventLog, query, environ, waiters: Waiters) -> tuple:
     """(status, content type, body) for a query mapping of name -> value. The body is text for a
-    long-poll, an iterator of bytes for a stream. Raises FlynnError for bad parameters."""
+    long-poll, an iterator of bytes for a stream. Raises FlynnError for bad parameters, and
+    TooManyRequests when the client holds as many waits as it may."""
     since = int_param(query, "since", None, 0, 1 << 62)
     wait = float_param(query, "wait", 0.0, 0, MAX_WAIT_S)
     job_filter = query.get("job_id") or None
@@ -26,8 +28,12 @@ def events_response(log: EventLog, query) -> tuple:
     since = log.last_cursor if since is None else since
     log.check_cursor(since)
     if stream:
-        return 200, NDJSON_TYPE, _stream(log, since, match)
-    found, cursor = log.wait(since, wait, match)
+        return 200, NDJSON_TYPE, waiters.holding(environ, "stream", _stream(log, since, match))
+    if wait > 0:
+        with waiters.held(environ, "longpoll"):
+            found, cursor = log.wait(since, wait, match)
+    else:
+        found, cursor = log.wait(since, wait, match)
     # events are serialized once, when published; a response only joins them
     return 200, JSON_TYPE, '{"events": [%s], "cursor": %d}' % (",".join(j for _, j in found),
                                                                cursor)

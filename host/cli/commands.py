@@ -38,6 +38,12 @@ class _Parser(argparse.ArgumentParser):
             parsed.token = client_token(getattr(parsed, "token_file", None))
         except TokenError as e:
             raise UsageError(f"{self.prog}: --token-file: {e}") from None
+        tls_ca = getattr(parsed, "tls_ca", None)
+        if tls_ca:
+            if not os.path.isfile(tls_ca):
+                raise UsageError(f"{self.prog}: --tls-ca: no such file: {tls_ca}")
+            # every client this command makes (and the hosts it finds) verifies with it
+            os.environ["FLYNN_HOST_TLS_CA"] = tls_ca
         return parsed
 
 
@@ -52,6 +58,9 @@ def _parser(name: str, description: str, examples: str) -> _Parser:
     parser.add_argument("--token-file", "-token-file", metavar="FILE",
                         help="file holding the agent's API token (or env FLYNN_HOST_TOKEN, or "
                              "FLYNN_HOST_TOKEN_FILE)")
+    parser.add_argument("--tls-ca", "-tls-ca", metavar="FILE",
+                        help="CA certificate to verify the agents' with: they are then reached "
+                             "by https (or env FLYNN_HOST_TLS_CA)")
     return parser
 
 

@@ -5,6 +5,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 
 import gevent
@@ -17,7 +18,7 @@ from host.errors import FatalError, FlynnError
 from host.layer0.manifest import ManifestError
 from host.logsetup import configure_logging
 from host.sdnotify import notify
-from host.server import wsgi_server
+from host.server import ServerLimits, server_tls_context, wsgi_server
 
 log = logging.getLogger("host.daemon")
 
@@ -46,6 +47,11 @@ def run(argv: list, environ=None) -> int:
         return EXIT_USAGE
     configure_logging(config.log_level, config.log_format)
     raise_open_file_limit()
+    try:
+        tls = server_tls_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    except (OSError, ssl.SSLError) as e:
+        print(f"flynn-host: -tls-cert/-tls-key: cannot use them: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
     try:
         agent = build_agent(config)
@@ -64,7 +70,7 @@ def run(argv: list, environ=None) -> int:
 
     host, port = config.listen
     try:
-        server = wsgi_server(create_app(agent), host, port)
+        server = wsgi_server(create_app(agent), host, port, ServerLimits.of(config), tls)
     except OSError as e:
         print(f"flynn-host: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
         agent.stop()
@@ -80,7 +86,8 @@ def run(argv: list, environ=None) -> int:
         stop_requested.set()
     gevent.signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
-    log.info("host %s serving on %s:%d", agent.host_id, host, port)
+    log.info("host %s serving %s on %s:%d", agent.host_id, "HTTPS" if tls else "HTTP", host,
+             port)
     notify(f"READY=1\nSTATUS=serving on {host}:{port} as {agent.host_id}")
 
     gevent.wait([stop_requested, agent.crashed, agent.left], count=1)
