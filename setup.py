@@ -18,6 +18,7 @@ setup(
         "requests>=2.31",
         "simple-websocket>=1.0",
         "wsproto>=1.2",  # the attach client speaks it directly (host/client.py)
+        "prometheus_client>=0.17",  # /metrics
     ],
     extras_require={
         # ruff pinned: the suite runs it, and a newer one may find new things

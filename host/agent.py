@@ -30,6 +30,7 @@ from host.discovery.heartbeat import Heartbeat
 from host.errors import FlynnError
 from host.layer0.runner import Layer0
 from host.logsetup import set_host_id
+from host.metrics import Recorded
 from host.ports import PortAllocator
 from host.runtime import Runtime
 from host.state import JobTable
@@ -60,6 +61,7 @@ class Agent:
         self.ports = PortAllocator(config.ports[0], config.ports[1], config.bind)
         self.capacity = HostResources(memory_mb=config.memory_mb, cpu_shares=config.cpu_shares)
         self.tasks = Tasks(config.task_concurrency)
+        self.recorded = Recorded()
         self.services: dict = {}
         self.crashed = gevent.event.AsyncResult()
         self.left = gevent.event.Event()   # the host left the cluster for good: the daemon exits
@@ -69,7 +71,8 @@ class Agent:
             host_id=self.host_id, external_ip=config.external, bind_ip=config.bind,
             capacity=self.capacity, retain_ended=config.retain_ended, runtime=runtime,
             table=self.table, ports=self.ports, clock=self.clock, tasks=self.tasks,
-            on_forgotten=self._forgotten, registries=config.registries)
+            on_forgotten=self._forgotten, registries=config.registries,
+            start_latency=self.recorded.job_start)
         self.started_at = self.clock.now_text()
         self.discovery = discovery
         self.layer0 = layer0
@@ -77,6 +80,7 @@ class Agent:
         if discovery is not None:
             self.heartbeat = Heartbeat(discovery, self.host_id, config.heartbeat_ttl,
                                        self.host_record, self.state_id)
+            self.heartbeat.round_trip = self.recorded.heartbeat
             self.view = ClusterView(discovery, self.host_id, config.event_buffer)
             claims = Records(discovery, "cluster/jobs")
             self.scheduler = JobScheduler(
@@ -84,6 +88,7 @@ class Agent:
                 Records(discovery, "cluster/assignments"),
                 registration=lambda: self.heartbeat.registration, leads=discovery.leads,
                 clock=self.clock, limits=config.job_limits)
+            self.scheduler.latency = self.recorded.add_jobs
             self.assignments = AssignmentWatcher(
                 self.host_id, Records(discovery, f"cluster/assignments/{self.host_id}"),
                 ClaimRecords(claims), self.supervisor, self.heartbeat, self.tasks.spawn)

@@ -37,7 +37,8 @@ FORWARDED_BY = "X-Flynn-Forwarded-By"
 ERROR_CLASSES = {cls.code: cls for cls in (
     errors.ValidationError, errors.NotFound, errors.MethodNotAllowed, errors.Conflict,
     errors.CursorExpired, errors.TooLarge, errors.NoCapacity, errors.Unavailable,
-    errors.NotLeader, errors.InternalError, errors.Unauthorized, errors.TooManyRequests)}
+    errors.NotLeader, errors.InternalError, errors.Unauthorized, errors.TooManyRequests,
+    errors.RequestTimeout)}
 
 
 class AgentUnreachable(errors.FlynnError):

@@ -13,6 +13,7 @@ STATUS_FOR_CODE = {
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "conflict": 409,
     "cursor_expired": 410,
     "too_large": 413,
@@ -60,6 +61,11 @@ class NotFound(FlynnError):
 
 class MethodNotAllowed(FlynnError):
     code = "method_not_allowed"
+
+
+class RequestTimeout(FlynnError):
+    """The client stopped sending its request's body for longer than -read-timeout."""
+    code = "request_timeout"
 
 
 class Conflict(FlynnError):

@@ -30,6 +30,7 @@ class EventLog:
         self._floor = last_cursor   # history at or below this cursor is not held
         self._last = last_cursor
         self._changed = gevent.event.Event()
+        self.appended = 0           # events appended since this log was made (for /metrics)
         backlog = list(backlog)
         if backlog:
             self._floor = backlog[0].cursor - 1
@@ -67,6 +68,7 @@ class EventLog:
     def append(self, event: Event):
         """Add the event (its cursor above every earlier one) and wake every waiter."""
         self._store(event)
+        self.appended += 1
         self._wake()
 
     def restart_at(self, cursor: int):

@@ -55,7 +55,7 @@ class JobSupervisor:
                  retain_ended: int, runtime: Runtime, table: JobTable, ports: PortAllocator,
                  clock: Clock, tasks: Tasks,
                  on_forgotten: Optional[Callable[[ActiveJob], None]] = None,
-                 registries: tuple = ()):
+                 registries: tuple = (), start_latency=None):
         self.host_id = host_id
         self.external_ip = external_ip
         self.bind_ip = bind_ip
@@ -76,6 +76,9 @@ class JobSupervisor:
         self._pulls: dict = {}        # image -> AsyncResult of the one pull in progress
         self._stop_deadlines: dict = {}  # job id -> when its pending stop kills it
         self._prune_pending = False
+        self._start_latency = start_latency  # a histogram: seconds from accepted to running
+        self._accepted: dict = {}      # job id -> monotonic time it was accepted
+        self.last_event_lag_s = 0.0    # how far behind Docker's own clock its last event came
         ports.mark_taken(b for job in table.active() for b in job.ports)
 
     @property
@@ -104,6 +107,7 @@ class JobSupervisor:
         self._check_fits(job)
         bindings = self.ports.reserve(job.config.ports)
         active = self.table.add(job, bindings)
+        self._accepted[job.id] = self.clock.monotonic()
         self._tasks.spawn_engine_work(self._start, job.id)
         return active, True
 
@@ -314,6 +318,7 @@ class JobSupervisor:
         fields.setdefault("ended_at", self.clock.now_text())
         if not self.table.transition(job_id, status, **fields):
             return False
+        self._accepted.pop(job_id, None)
         self.ports.release(job.ports)
         if not self._prune_pending:  # one prune catches up with every job ended before it
             self._prune_pending = True
@@ -374,7 +379,10 @@ class JobSupervisor:
                 self.reconciled.set()
                 backoff.succeeded()
                 for event in stream:
-                    self._last_event_nanos = event.time_nanos or self._last_event_nanos
+                    if event.time_nanos:
+                        self._last_event_nanos = event.time_nanos
+                        self.last_event_lag_s = max(0.0, self.clock.now().timestamp() -
+                                                    event.time_nanos / 1e9)
                     self.apply_event(event)
             except errors.FlynnError as e:  # gone, or answering errors (a dockerd restarting)
                 self.events_connected = False
@@ -402,19 +410,24 @@ class JobSupervisor:
         if not job.container_id:
             self.table.update(job_id, container_id=state.id)
         if state.running:
-            self.table.transition(job_id, RUNNING, started_at=state.started_at,
-                                  internal_ip=state.ip, container_id=state.id)
+            self._to_running(job_id, state)
         elif state.started_at is not None:
             self._record_exit(job_id, state)
         elif state.error:
             self._finish(job_id, FAILED, error=state.error)
 
+    def _to_running(self, job_id: str, state: ContainerState):
+        if self.table.transition(job_id, RUNNING, started_at=state.started_at,
+                                 internal_ip=state.ip, container_id=state.id):
+            accepted = self._accepted.pop(job_id, None)
+            if accepted is not None and self._start_latency is not None:
+                self._start_latency.observe(self.clock.monotonic() - accepted)
+
     def _record_exit(self, job_id: str, state: ContainerState):
         job = self.table.get(job_id)
         if job.status == STARTING:
             # it did run, however briefly: clients see start before stop, always
-            self.table.transition(job_id, RUNNING, started_at=state.started_at,
-                                  internal_ip=state.ip, container_id=state.id)
+            self._to_running(job_id, state)
         started = job.started_at or state.started_at
         ended = max(state.finished_at or self.clock.now_text(), started or "")
         status = DONE if state.exit_code == 0 and not state.oom_killed else CRASHED

@@ -298,15 +298,21 @@ class InProcessAgent:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def raw_attach(base_url: str, job_id: str, timeout_s: float = 10.0) -> tuple:
+def raw_attach(base_url: str, job_id: str, timeout_s: float = 10.0, stall_s: float = 0) -> tuple:
     """An attach by hand over a bare socket, to see exactly what the agent writes: the frames it
     sends, then, after our close answers its close, whatever else came before the connection
-    ended. Returns (status line, [(opcode, payload)], trailing bytes that are not a frame)."""
+    ended. Returns (status line, [(opcode, payload)], trailing bytes that are not a frame).
+    `stall_s`: a slow reader, with a small receive buffer, reading nothing for that long."""
     host, port = base_url.split("://", 1)[1].rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+    with socket.socket() as sock:
+        if stall_s:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(timeout_s)
+        sock.connect((host, int(port)))
         sock.sendall(f"GET /host/jobs/{job_id}/attach HTTP/1.1\r\nHost: {host}\r\n"
                      "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        gevent.sleep(stall_s)
         data, answered_close = b"", False
         while True:
             chunk = sock.recv(65536)

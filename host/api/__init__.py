@@ -1,6 +1,7 @@
 """The agent's WSGI application: create_app(agent) -> Bottle. No module-level app."""
 from __future__ import annotations
 
+import collections
 import errno
 from http import HTTPStatus
 import logging
@@ -14,6 +15,7 @@ from host.api.browsers import BrowserGuard
 from host.api import cluster as cluster_routes
 from host.api import health as health_routes
 from host.api import host as host_routes
+from host.api import metrics as metrics_routes
 from host.api.events import events_response
 from host.api.waiters import Waiters
 from host.api.http import JSON_TYPE, json_errors, path_problem, router_error
@@ -22,6 +24,9 @@ from host.errors import FlynnError, InternalError, Unauthorized, ValidationError
 from host.server import UPGRADED
 
 log = logging.getLogger(__name__)
+
+#: environ key naming the route of a request answered without Bottle's routing (for /metrics)
+_ROUTE_NAME = "flynn.route"
 
 
 class AgentApp(bottle.Bottle):
@@ -36,8 +41,18 @@ class AgentApp(bottle.Bottle):
         self._token = TokenCheck(agent.token) if agent.token else None
         self._browsers = BrowserGuard(agent.config.allowed_hosts)
         self.waiters = Waiters(agent.config.max_waits_per_client)
+        self.answered = collections.Counter()  # ("METHOD rule", "status") -> count, /metrics
 
     def __call__(self, environ, start_response):
+        def counted(status, headers, exc_info=None):
+            route = environ.get("bottle.route")
+            name = f"{route.method} {route.rule}" if route is not None else \
+                environ.get(_ROUTE_NAME, "(unrouted)")
+            self.answered[(name, status[:3])] += 1
+            return start_response(status, headers, exc_info)
+        return self._serve(environ, counted)
+
+    def _serve(self, environ, start_response):
         # before anything else, the fast lane and the attach upgrade included
         if self._token is not None and environ.get("PATH_INFO") not in OPEN_PATHS and \
                 not self._token.allows(environ.get("HTTP_AUTHORIZATION", "")):
@@ -46,6 +61,7 @@ class AgentApp(bottle.Bottle):
         if problem:
             return self._answer(start_response, ValidationError(problem))
         if environ.get("PATH_INFO") == "/host/events" and environ.get("REQUEST_METHOD") == "GET":
+            environ[_ROUTE_NAME] = "GET /host/events"
             return self._events_fast_lane(environ, start_response)
         result = super().__call__(environ, start_response)
         if environ.get(UPGRADED):
@@ -100,4 +116,5 @@ def create_app(agent) -> bottle.Bottle:
     host_routes.install(app, agent)
     cluster_routes.install(app, agent)
     attach_routes.install(app, agent)
+    metrics_routes.install(app, agent)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 
 import bottle
 import gevent
@@ -152,19 +153,38 @@ def _send_json(ws, message: dict):
         pass
 
 
-def _wait_for_job(agent, job_id: str):
-    job = agent.wait_for_job(job_id, lambda found: found is not None, ATTACH_WAIT_S)
+def _while_connected(ws, wait_step) -> bool:
+    """Repeat `wait_step(seconds)` (True when what it waits for came) for up to ATTACH_WAIT_S,
+    but only while the client is still there: one that leaves while its attach waits for the
+    job frees its place within a second, not after the whole wait."""
+    deadline = time.monotonic() + ATTACH_WAIT_S
+    while ws.connected:
+        remaining = deadline - time.monotonic()
+        if wait_step(min(1.0, max(remaining, 0))) or remaining <= 0:
+            return True
+    raise simple_websocket.ConnectionClosed()
+
+
+def _wait_for_job(agent, job_id: str, ws):
+    job = None
+
+    def appeared(seconds: float) -> bool:
+        nonlocal job
+        job = agent.wait_for_job(job_id, lambda found: found is not None, seconds)
+        return job is not None
+    _while_connected(ws, appeared)
     if job is None:
         raise errors.NotFound(f"no job {job_id!r} appeared within {ATTACH_WAIT_S:g}s")
     return job
 
 
 def _session(agent, job_id: str, slot, ws):
-    job = _wait_for_job(agent, job_id)
+    job = _wait_for_job(agent, job_id, ws)
     if job.status in FINAL_STATES:
         _send_json(ws, _exit_message(job))
         return
-    if not slot.created.wait(ATTACH_WAIT_S) and not agent.table.get(job_id).container_id:
+    _while_connected(ws, slot.created.wait)
+    if not slot.created.is_set() and not agent.table.get(job_id).container_id:
         raise errors.Conflict(f"job {job_id!r} has no container yet; try again")
     job = agent.table.get(job_id)
     attachment = agent.runtime.attach(job.container_id, job.job.config.tty)

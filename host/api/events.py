@@ -6,6 +6,7 @@ import simplejson
 
 from host import errors
 from host.api.http import JSON_TYPE, bool_param, float_param, int_param
+from host.api.streams import UntilClientLeaves
 from host.api.waiters import Waiters
 from host.events import EventLog
 
@@ -28,7 +29,8 @@ def events_response(log: EventLog, query, environ, waiters: Waiters) -> tuple:
     since = log.last_cursor if since is None else since
     log.check_cursor(since)
     if stream:
-        return 200, NDJSON_TYPE, waiters.holding(environ, "stream", _stream(log, since, match))
+        return 200, NDJSON_TYPE, waiters.holding(
+            environ, "stream", UntilClientLeaves(_stream(log, since, match), environ))
     if wait > 0:
         with waiters.held(environ, "longpoll"):
             found, cursor = log.wait(since, wait, match)

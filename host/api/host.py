@@ -3,23 +3,17 @@ from __future__ import annotations
 
 import signal as signals
 
-import logging
-
 import bottle
-import gevent
-import gevent.socket
 
 from host import errors
 from host.api.events import events_response
+from host.api.streams import UntilClientLeaves
 from host.api.http import (bool_param, checked_id, choice_param, float_param, int_param,
                            json_body, read_json)
 from host.errors import ValidationError
 from host.jobspec import check_limits, parse_job
 from host.runtime import STDERR, STDOUT
-from host.server import client_socket
 from host.types import ALL_STATES
-
-log = logging.getLogger(__name__)
 
 #: longest a stop may wait before SIGKILL, seconds
 MAX_STOP_TIMEOUT_S = 3600.0
@@ -77,7 +71,8 @@ def install(app: bottle.Bottle, agent):
 
         environ = bottle.request.environ
         if follow:
-            body = app.waiters.holding(environ, "log_follow", _followed(chunks, environ))
+            body = app.waiters.holding(environ, "log_follow",
+                                       UntilClientLeaves(_output(chunks), environ))
         else:
             body = _output(chunks)
         return bottle.HTTPResponse(body, headers={"Content-Type": "text/plain",
@@ -109,35 +104,6 @@ def _output(chunks):
         return  # the engine went away mid-stream; the client sees the output end
     finally:
         chunks.close()
-
-
-def _followed(chunks, environ):
-    """A followed log's output, ended when the client leaves. A silent job gives the server
-    nothing to write, so nothing would notice the client gone: its greenlet and its connection
-    to Docker would stay for as long as the job runs. The client sends nothing while it reads a
-    response: its side of the connection turning readable means it closed (or broke the
-    protocol), and the follow ends."""
-    sock = client_socket(environ)
-    watcher = gevent.spawn(_close_when_readable, sock, chunks) if sock is not None else None
-    try:
-        yield from _output(chunks)
-    except Exception:
-        if watcher is None or not watcher.value:
-            raise
-        return  # the stream broke because the watcher closed it: the client is gone
-    finally:
-        if watcher is not None:
-            watcher.kill()
-
-
-def _close_when_readable(sock, chunks):
-    try:
-        gevent.socket.wait_read(sock.fileno())
-    except (OSError, ValueError):
-        return False
-    log.debug("a log follow's client left; closing its stream")
-    chunks.close()
-    return True
 
 
 def parse_signal(value) -> str:

@@ -7,7 +7,7 @@ import logging
 import bottle
 import simplejson
 
-from host.errors import FlynnError, InternalError, TooLarge, ValidationError
+from host.errors import FlynnError, InternalError, RequestTimeout, TooLarge, ValidationError
 from host.types import id_problem
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,10 @@ def json_errors(callback):
         except bottle.HTTPResponse:
             raise
         except FlynnError as e:
-            return error_body(e)
+            answer = error_body(e)
+            if isinstance(e, RequestTimeout):  # what is left of the body would be misread
+                answer.set_header("Connection", "close")
+            return answer
         except Exception:
             log.exception("unhandled error serving %s %s", bottle.request.method,
                           bottle.request.path)
@@ -70,7 +73,10 @@ def read_body(max_bytes: int) -> bytes:
     if length > max_bytes:
         raise TooLarge(f"body: {length} bytes is over the limit of {max_bytes}")
     stream = bottle.request.environ["wsgi.input"]
-    data = stream.read(length if length >= 0 else max_bytes + 1)
+    try:
+        data = stream.read(length if length >= 0 else max_bytes + 1)
+    except TimeoutError:
+        raise RequestTimeout("body: the client stopped sending it (-read-timeout)") from None
     if len(data) > max_bytes:
         raise TooLarge(f"body: over the limit of {max_bytes} bytes")
     return data

@@ -199,6 +199,7 @@ class JobScheduler:
         self.clock = clock
         self.limits = limits or JobLimits()  # what one job may ask for (the settings)
         self._queue = gevent.queue.Queue()
+        self.latency = None         # a histogram of AddJobs seconds (host.metrics)
         self.pending: dict = {}     # job id -> Pending
         self._term = None           # the leader_since index pending was rebuilt for
 
@@ -207,12 +208,21 @@ class JobScheduler:
     def add_jobs(self, body) -> dict:
         """Queue a request and wait for its answer (raises what processing raised)."""
         answer = gevent.event.AsyncResult()
+        started = self.clock.monotonic()
         self._queue.put((body, answer))
         try:
             return answer.get(timeout=self.request_timeout_s)
         except gevent.Timeout:
             raise Unavailable("the leader did not process the request in time; it may still "
                               "be placed: retry with the same job ids") from None
+        finally:
+            if self.latency is not None:
+                self.latency.observe(self.clock.monotonic() - started)
+
+    @property
+    def queue_depth(self) -> int:
+        """AddJobs requests waiting for the scheduler's greenlet (for /metrics)."""
+        return self._queue.qsize()
 
     def poke(self):
         """This agent took office: finish recorded requests now, not at the next tick."""

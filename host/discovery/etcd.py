@@ -20,6 +20,7 @@ exists already (create returns False).
 """
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -120,6 +121,14 @@ def _translate(what: str, e: Exception) -> EtcdUnavailable:
     return EtcdUnavailable(f"{what}: etcd answered {answered}")
 
 
+def _error_kind(e: Exception) -> str:
+    """A failure's kind, as /metrics labels it: unreachable, or the etcd error code answered."""
+    if isinstance(e, _UNREACHABLE):
+        return "unreachable"
+    code = (getattr(e, "payload", None) or {}).get("errorCode")
+    return f"code_{code}" if code is not None else "other"
+
+
 class EtcdDiscovery:
     #: seconds an ordinary etcd request may take
     request_timeout_s = 5
@@ -134,6 +143,7 @@ class EtcdDiscovery:
         self.services_dir = f"{self.prefix}/discoverd/services/{SERVICE}"
         self._clients = [self._make_client(host, port, protocol) for host, port in hosts]
         self._current = 0
+        self.error_counts = collections.Counter()  # kind of failure -> count, for /metrics
         self._services = Records(self, f"discoverd/services/{SERVICE}")
 
     def _make_client(self, host: str, port: int, protocol: str) -> etcd.Client:
@@ -162,6 +172,7 @@ class EtcdDiscovery:
         left for the next endpoint (python-etcd's own reconnection never goes back to a
         member it gave up on)."""
         error = _translate(what, e)
+        self.error_counts[_error_kind(e)] += 1
         if len(self._clients) > 1 and isinstance(e, _UNREACHABLE):
             self._current = (self._current + 1) % len(self._clients)
             log.debug("etcd: %s failed; next requests go to %s", what, self.endpoint)

@@ -47,6 +47,8 @@ class Heartbeat:
         self.state_id = state_id
         self._record = record                # builds the Host record to publish
         self._changed = gevent.event.Event()
+        self.round_trip = None               # a histogram of write seconds (host.metrics)
+        self.failures = 0                    # beats that failed, for /metrics
         self.registration: Optional[Registration] = None
         self._last_publish = 0.0
         self._writes = 0                     # values written so far (register or publish)
@@ -99,6 +101,7 @@ class Heartbeat:
             try:
                 self._beat()
             except errors.FlynnError as e:
+                self.failures += 1
                 backoff.failed(e)
                 continue
             backoff.succeeded()
@@ -108,6 +111,7 @@ class Heartbeat:
             self.register()
             return
         self._changed.wait(self.refresh_interval_s)
+        started = time.monotonic()
         try:
             if self._changed.is_set():
                 gevent.sleep(max(0.0, self._last_publish + self.min_publish_interval_s
@@ -119,6 +123,8 @@ class Heartbeat:
                                                self.registration.modified_index)
             self.registration = Registration(self.host_id, None,
                                              self.registration.created_index, index)
+            if self.round_trip is not None:
+                self.round_trip.observe(time.monotonic() - started)
         except RegistrationLost as e:
             log.warning("registration vanished (%s); registering again", e)
             self.registration = None
