@@ -83,12 +83,15 @@ def agent_url(addr: str, tls) -> str:
 
 def forward(addr: str, method: str, path: str, query: str, body: bytes, content_type: str,
             forwarded_by: str, token: Optional[str] = None,
-            extra_timeout_s: float = 0, tls=None) -> requests.Response:
+            extra_timeout_s: float = 0, tls=None,
+            request_id: Optional[str] = None) -> requests.Response:
     """Send a request on to the agent at `addr` as it came (the leader's answer is relayed
     unchanged), saying which agent forwards it, with the cluster's token, over TLS when `tls`
     (as agent_url); NotLeader (503, retry) if it cannot be reached."""
     url = agent_url(addr, tls) + path + (f"?{query}" if query else "")
     headers = {FORWARDED_BY: forwarded_by, **bearer(token)}
+    if request_id:  # the leader's log lines for it carry the same id
+        headers["X-Request-Id"] = request_id
     if content_type:
         headers["Content-Type"] = content_type
     try:

@@ -5,6 +5,7 @@ import re
 import sys
 import time
 
+import gevent.local
 import simplejson
 
 #: the narration convention ("job web-1: starting -> running"): the job a line is about
@@ -12,9 +13,10 @@ _JOB_LINE = re.compile(r"^(?:layer 0: )?job ([A-Za-z0-9_.-]{1,128}):")
 
 
 class JsonFormatter(logging.Formatter):
-    """{"time", "level", "logger", "message", "host_id", "job_id"} on one line (the traceback,
-    if any, as "exception"). The host id is the agent's, once known; the job id is the job the
-    line is about (from the record's `job_id`, or the "job ID:" it starts with)."""
+    """{"time", "level", "logger", "message", "host_id", "job_id", "request_id"} on one line
+    (the traceback, if any, as "exception"). The host id is the agent's, once known; the job id
+    is the job the line is about (from the record's `job_id`, or the "job ID:" it starts with);
+    the request id that of the HTTP request being served (set_request_id)."""
 
     def __init__(self):
         super().__init__()
@@ -30,8 +32,9 @@ class JsonFormatter(logging.Formatter):
         job = getattr(record, "job_id", None) or _job_of(message)
         if job:
             entry["job_id"] = job
-        if getattr(record, "request_id", None):
-            entry["request_id"] = record.request_id
+        request_id = getattr(record, "request_id", None) or getattr(_request, "id", None)
+        if request_id:
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return simplejson.dumps(entry)
@@ -43,6 +46,14 @@ def _job_of(message: str):
 
 
 _json = JsonFormatter()
+
+#: the request the current greenlet serves (each request is served by a greenlet of its own)
+_request = gevent.local.local()
+
+
+def set_request_id(request_id):
+    """The id of the request this greenlet serves now, on its JSON log lines (None: none)."""
+    _request.id = request_id
 
 
 def set_host_id(host_id: str):

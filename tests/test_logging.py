@@ -1,5 +1,5 @@
 """-log-format json: every line an agent writes is one JSON object a log shipper can read, with
-the host id and, on a job's lines, the job id."""
+the host id, on a job's lines the job id, and on a request's lines its id (X-Request-Id)."""
 import os
 import signal
 import unittest
@@ -15,7 +15,11 @@ class JsonLogTest(unittest.TestCase):
         agent = AgentProcess(f"jsonlog{os.getpid()}", args=["-log-format", "json"])
         try:
             agent.start()
-            agent.client.put_job("logged", job_body(["true"]))
+            answer = agent.client.put("/host/jobs/logged", json=job_body(["true"]),
+                                      headers={"X-Request-Id": "req-from-the-client.1"})
+            self.assertEqual(answer.headers["X-Request-Id"], "req-from-the-client.1")
+            made = agent.client.get("/host/status").headers["X-Request-Id"]
+            self.assertRegex(made, r"^[0-9a-f]{16}$")  # one of the agent's own when none given
             agent.client.wait_status("logged", "done")
             self.assertEqual(agent.stop(signal.SIGTERM), 0)
             lines = agent.log(tail=0).splitlines()
@@ -31,3 +35,8 @@ class JsonLogTest(unittest.TestCase):
         job_lines = [e for e in entries if e.get("job_id") == "logged"]
         self.assertTrue(any("running -> done" in e["message"] for e in job_lines), job_lines)
         self.assertIn("info", {e["level"] for e in entries})
+        # the lines written while serving a request name it
+        by_request = [e for e in entries if e.get("request_id") == "req-from-the-client.1"]
+        self.assertTrue(any("PUT /host/jobs/logged" in e["message"] for e in by_request),
+                        by_request)
+        self.assertTrue(any(e.get("request_id") == made for e in entries))

@@ -18,9 +18,11 @@ from host.api import host as host_routes
 from host.api import metrics as metrics_routes
 from host.api.events import events_response
 from host.api.waiters import Waiters
-from host.api.http import JSON_TYPE, json_errors, path_problem, router_error
+from host.api.http import (JSON_TYPE, REQUEST_ID, REQUEST_ID_KEY, json_errors, path_problem,
+                           request_id_of, router_error)
 from host.auth import OPEN_PATHS, TokenCheck
 from host.errors import FlynnError, InternalError, Unauthorized, ValidationError
+from host.logsetup import set_request_id
 from host.server import UPGRADED
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,15 @@ class AgentApp(bottle.Bottle):
         self.answered = collections.Counter()  # ("METHOD rule", "status") -> count, /metrics
 
     def __call__(self, environ, start_response):
+        request_id = environ[REQUEST_ID_KEY] = request_id_of(environ)
+        set_request_id(request_id)
+
         def counted(status, headers, exc_info=None):
             route = environ.get("bottle.route")
             name = f"{route.method} {route.rule}" if route is not None else \
                 environ.get(_ROUTE_NAME, "(unrouted)")
             self.answered[(name, status[:3])] += 1
+            headers.append((REQUEST_ID, request_id))
             return start_response(status, headers, exc_info)
         return self._serve(environ, counted)
 

@@ -10,7 +10,8 @@ import bottle
 
 from host import client
 from host.api.events import MAX_WAIT_S, events_response
-from host.api.http import bool_param, checked_id, float_param, json_body, read_body, read_json
+from host.api.http import (REQUEST_ID_KEY, bool_param, checked_id, float_param, json_body,
+                           read_body, read_json)
 from host.errors import NotFound, NotLeader
 
 
@@ -51,7 +52,8 @@ def install(app: bottle.Bottle, agent):
                                     request.content_type, agent.host_id, agent.token,
                                     extra_timeout_s=float_param(request.query, "wait", 0, 0,
                                                                 MAX_WAIT_S),
-                                    tls=agent.config.peer_tls)
+                                    tls=agent.config.peer_tls,
+                                    request_id=request.environ.get(REQUEST_ID_KEY))
             return bottle.HTTPResponse(answer.content, answer.status_code, headers={
                 "Content-Type": answer.headers.get("Content-Type", "application/json")})
         return wrapper
@@ -92,7 +94,8 @@ def install(app: bottle.Bottle, agent):
         answer = client.forward(registered.addr, "DELETE",
                                 client.route_path("host", "jobs", job_id),
                                 request.query_string, b"", "", agent.host_id, agent.token,
-                                tls=agent.config.peer_tls)
+                                tls=agent.config.peer_tls,
+                                request_id=request.environ.get(REQUEST_ID_KEY))
         return bottle.HTTPResponse(answer.content, answer.status_code, headers={
             "Content-Type": answer.headers.get("Content-Type", "application/json")})
 

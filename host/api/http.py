@@ -3,6 +3,8 @@ parameters that fail with a message naming the parameter."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import bottle
 import simplejson
@@ -13,6 +15,20 @@ from host.types import id_problem
 log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json; charset=utf-8"
+
+#: the header naming a request (answers carry it; forwarded requests pass it on)
+REQUEST_ID = "X-Request-Id"
+REQUEST_ID_KEY = "flynn.request_id"  # environ key holding it
+_REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:/+=-]+$")
+
+
+def request_id_of(environ) -> str:
+    """The client's X-Request-Id when it is a sane one (a proxy or a forwarding agent set it),
+    else a new one: it names the request in the answer's header and the agent's JSON logs."""
+    given = environ.get("HTTP_X_REQUEST_ID", "")
+    if 0 < len(given) <= 128 and _REQUEST_ID_SHAPE.match(given):
+        return given
+    return os.urandom(8).hex()
 
 
 def json_body(obj, status: int = 200) -> bottle.HTTPResponse:
