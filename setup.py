@@ -22,7 +22,9 @@ setup(
     ],
     extras_require={
         # ruff pinned: the suite runs it, and a newer one may find new things
-        "test": ["nose2>=0.14", "gunicorn>=21.2", "packaging>=23", "ruff==0.17.6"],
+        "test": ["nose2>=0.14", "gunicorn>=21.2", "packaging>=23", "ruff==0.17.6",
+                 # the contract: responses validated against the OpenAPI document, and fuzzed
+                 "jsonschema>=4.18", "hypothesis>=6.100", "schemathesis>=4.0,<5"],
         "gunicorn": ["gunicorn>=21.2", "packaging>=23"],
     },
     entry_points={"console_scripts": ["flynn-host=host.entry:main"]},

@@ -14,6 +14,7 @@ import requests
 import simplejson
 
 from host import errors
+from host.api.openapi import document
 from host.client import ClusterClient, HostClient
 from host.runtime.fake import FakeRuntime
 from tests.support import FLYNN_HOST, AgentProcess, InProcessAgent, job_body, \
@@ -30,12 +31,9 @@ def token_file(tmp: str, text: str = TOKEN) -> str:
     return path
 
 
-def concrete(rule: str) -> str:
-    """A request path for a Bottle route rule (<job_id> -> j1)."""
-    parts = []
-    for part in rule.split("/"):
-        parts.append({"<job_id>": "j1", "<host_id>": "h1"}.get(part, part))
-    return "/".join(parts)
+def concrete(template: str) -> str:
+    """A request path for an OpenAPI path template ({job_id} -> j1)."""
+    return template.replace("{job_id}", "j1").replace("{host_id}", "h1")
 
 
 class TokenOnEveryRouteTest(unittest.TestCase):
@@ -50,8 +48,11 @@ class TokenOnEveryRouteTest(unittest.TestCase):
         self.host.close()
 
     def routes(self):
-        app = self.host.server.application
-        return sorted({(r.method, concrete(r.rule)) for r in app.routes})
+        """Every route of the OpenAPI document (tests/test_openapi.py checks that it has
+        exactly the app's routes)."""
+        return sorted({(method.upper(), concrete(path))
+                       for path, operations in document()["paths"].items()
+                       for method in operations})
 
     def test_every_route_but_liveness_asks_for_the_token(self):
         routes = self.routes()

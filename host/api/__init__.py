@@ -16,6 +16,7 @@ from host.api import cluster as cluster_routes
 from host.api import health as health_routes
 from host.api import host as host_routes
 from host.api import metrics as metrics_routes
+from host.api import openapi
 from host.api.events import events_response
 from host.api.waiters import Waiters
 from host.api.http import (JSON_TYPE, REQUEST_ID, REQUEST_ID_KEY, json_errors, path_problem,
@@ -123,4 +124,5 @@ def create_app(agent) -> bottle.Bottle:
     cluster_routes.install(app, agent)
     attach_routes.install(app, agent)
     metrics_routes.install(app, agent)
+    openapi.install(app)
     return app

@@ -152,7 +152,7 @@ class FakeRuntime(Runtime):
                   if (s == STDOUT and stdout) or (s != STDOUT and stderr)]
         if tail is not None:
             chunks = chunks[-tail:] if tail else []
-        return iter(chunks)
+        return (chunk for chunk in chunks)  # closeable, as the real engine's stream
 
     def volume_has(self, volume: str, path: str, image: str) -> bool:
         self._check()
