@@ -2,8 +2,11 @@
 
 20 jobs sequentially and 20 in parallel. Baseline: docker-py create + start with the same labels,
 memory/cpu limits and one published port. Agent: PUT /host/jobs until the job's `running` event is
-seen through the long-poll. Rounds alternate which side goes first; medians are reported with the
-ratio agent / raw (target <= 1.10 in both modes).
+seen through the long-poll, on an agent with neither a token nor metrics (`-metrics=false`).
+Secure: the same on an agent with `-auth-token-file` and /metrics (every request authenticated
+and counted), run beside it: the ratio secure / agent is what auth and metrics cost. Rounds
+alternate which side goes first; medians are reported with the ratios agent / raw (target <=
+1.10 in both modes) and secure / agent.
 
 Needs DOCKER_HOST and the test image (bin/test provisions both): `python bench/job_start.py`.
 """
@@ -12,8 +15,10 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,6 +62,7 @@ def raw_docker(api, host_id, tag, parallel):
 
 def through_agent(agent, tag, parallel):
     http = requests.Session()
+    http.headers.update(agent.client.http.headers)  # the token, for the secure agent
     http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=JOBS + 4))
     url = agent.client.url
     body = {"config": {"image": TEST_IMAGE, "cmd": CMD, "ports": [{"port": 0}]},
@@ -94,37 +100,49 @@ def main():
     runtime = require_docker()
     api = runtime._client()
     raw_host = f"benchraw{os.getpid()}"
-    agent = AgentProcess(f"benchagent{os.getpid()}", args=[
-        "-log-level", "info", "-cpu-shares", "1000000", "-memory-mb", "1000000"]).start()
+    args = ["-log-level", "info", "-cpu-shares", "1000000", "-memory-mb", "1000000"]
+    agent = AgentProcess(f"benchagent{os.getpid()}", args=args + ["-metrics=false"]).start()
+    token_dir = tempfile.mkdtemp()
+    token_file = os.path.join(token_dir, "token")
+    with open(token_file, "w") as f:
+        f.write("bench-token-0123456789abcdef\n")
+    secure = AgentProcess(f"benchsecure{os.getpid()}", args=args, token_file=token_file).start()
+    agents = {"agent": agent, "secure": secure}
     results = {}
     try:
         for round_no in range(ROUNDS):
             for mode in ("sequential", "parallel"):
-                order = ("raw", "agent") if round_no % 2 == 0 else ("agent", "raw")
+                order = ("raw", "agent", "secure") if round_no % 2 == 0 else \
+                    ("secure", "agent", "raw")
                 for side in order:
                     tag = f"r{round_no}-{mode[:3]}"
                     if side == "raw":
                         seconds = raw_docker(api, raw_host, tag, mode == "parallel")
                         remove_host_containers(runtime, raw_host)
                     else:
-                        seconds = through_agent(agent, tag, mode == "parallel")
-                        remove_host_containers(runtime, agent.host_id)
+                        seconds = through_agent(agents[side], tag, mode == "parallel")
+                        remove_host_containers(runtime, agents[side].host_id)
                     results.setdefault((mode, side), []).append(seconds)
-                    print(f"round {round_no + 1} {mode:<10} {side:<5} {JOBS} jobs "
+                    print(f"round {round_no + 1} {mode:<10} {side:<6} {JOBS} jobs "
                           f"{seconds:6.2f}s", flush=True)
     finally:
-        agent.cleanup()
+        for one in agents.values():
+            one.cleanup()
+            remove_host_containers(runtime, one.host_id)
         remove_host_containers(runtime, raw_host)
-        remove_host_containers(runtime, agent.host_id)
+        shutil.rmtree(token_dir, ignore_errors=True)
 
     print(f"\njob_start: {JOBS} jobs, median of {ROUNDS} rounds "
           f"(per job: raw docker-py create+start vs PUT until `running`)")
     for mode in ("sequential", "parallel"):
         raw = statistics.median(results[(mode, "raw")])
         ours = statistics.median(results[(mode, "agent")])
+        safe = statistics.median(results[(mode, "secure")])
         print(f"  {mode:<10} raw {raw:6.2f}s ({raw / JOBS * 1000:5.0f} ms/job)   "
               f"agent {ours:6.2f}s ({ours / JOBS * 1000:5.0f} ms/job)   "
               f"ratio {ours / raw:4.2f}x (target <= 1.10x)")
+        print(f"  {'':<10} secure (token + metrics) {safe:6.2f}s   "
+              f"ratio secure / agent {safe / ours:4.2f}x")
 
 
 if __name__ == "__main__":

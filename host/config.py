@@ -272,6 +272,8 @@ SETTINGS = (
     Setting("log-format", parse_choice("text", "json"), "text", "text (for people) or json "
             "(one object a line: time, level, logger, message, host_id, job_id; for log "
             "shippers)", "FORMAT"),
+    Setting("metrics", parse_bool, True, "serve GET /metrics (Prometheus) and count requests "
+            "by route and status for it (-metrics=false: neither)", boolean=True),
     Setting("retain-ended", positive_int, 100, "ended jobs whose containers are kept for logs",
             "N"),
     Setting("event-buffer", positive_int, 10000, "events kept for long-poll resumption", "N"),

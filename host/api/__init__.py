@@ -45,10 +45,16 @@ class AgentApp(bottle.Bottle):
         self._browsers = BrowserGuard(agent.config.allowed_hosts)
         self.waiters = Waiters(agent.config.max_waits_per_client)
         self.answered = collections.Counter()  # ("METHOD rule", "status") -> count, /metrics
+        self.counting = agent.config.metrics
 
     def __call__(self, environ, start_response):
         request_id = environ[REQUEST_ID_KEY] = request_id_of(environ)
         set_request_id(request_id)
+        if not self.counting:
+            def identified(status, headers, exc_info=None):
+                headers.append((REQUEST_ID, request_id))
+                return start_response(status, headers, exc_info)
+            return self._serve(environ, identified)
 
         def counted(status, headers, exc_info=None):
             route = environ.get("bottle.route")
@@ -123,6 +129,7 @@ def create_app(agent) -> bottle.Bottle:
     host_routes.install(app, agent)
     cluster_routes.install(app, agent)
     attach_routes.install(app, agent)
-    metrics_routes.install(app, agent)
+    if agent.config.metrics:
+        metrics_routes.install(app, agent)
     openapi.install(app)
     return app
