@@ -8,7 +8,10 @@ every cursor exactly once (missed = gaps). Reported: p50/p99/max latency and mis
 Baseline, run right after on the same machine with the same clients: a bare gevent pywsgi server
 answering the same protocol from an in-memory list, fed at the same event rate, while a separate
 process starts containers at the agent side's rate (the engine's CPU load is the same on both
-sides). The ratio shows what the agent's stack adds to the floor of the server itself.
+sides). The ratio shows what the agent's stack adds to the floor of the server itself. The agent
+runs with neither a token nor metrics (`-metrics=false`); then the same run against an agent
+with `-auth-token-file` and /metrics (every poll authenticated and counted): the ratio secure /
+agent is what auth and metrics cost.
 
 Needs DOCKER_HOST and the test image (bin/test provisions both): `python bench/longpoll.py`.
 Tunables: BENCH_CLIENTS (1000), BENCH_SECONDS (30), BENCH_JOBS_PER_S (4, ~3 events each).
@@ -46,8 +49,9 @@ class Client:
     """A minimal HTTP/1.1 keep-alive client on a raw socket: the benchmark should measure the
     server, and http.client's header parsing would cost more than the server's reply."""
 
-    def __init__(self, port: int, since: int):
+    def __init__(self, port: int, since: int, auth: bytes = b""):
         self.port = port
+        self.auth = auth  # an Authorization header line, for the secure agent
         self.sock = None
         self.cursor = since
         self.first = since
@@ -60,7 +64,8 @@ class Client:
             self.sock = socket.create_connection(("127.0.0.1", self.port))
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.buffer = b""
-        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
+                          self.auth + b"\r\n")
         while b"\r\n\r\n" not in self.buffer:
             self._recv()
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
@@ -106,14 +111,17 @@ class Client:
         return len(expected - set(self.seen)) + (len(self.seen) - len(set(self.seen)))
 
 
-def measure(port: int, generate, label: str) -> dict:
+def measure(port: int, generate, label: str, token: str = "") -> dict:
     """Run CLIENTS long-pollers against the server on `port` while `generate()` produces events;
     generate returns the last cursor it caused."""
     import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/host/events") as resp:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/host/events", headers=headers)
+    with urllib.request.urlopen(request) as resp:
         since = simplejson.loads(resp.read())["cursor"]
     final = gevent.event.AsyncResult()
-    clients = [Client(port, since) for _ in range(CLIENTS)]
+    auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+    clients = [Client(port, since, auth) for _ in range(CLIENTS)]
     pollers = [gevent.spawn(c.run, final) for c in clients]
     gevent.sleep(2)  # let every client connect and park in its wait
     started = time.monotonic()
@@ -141,17 +149,31 @@ def measure(port: int, generate, label: str) -> dict:
     return result
 
 
-def run_agent_side() -> dict:
+def run_agent_side(secure: bool) -> dict:
+    """The agent, plain (no token, -metrics=false) or secure (a token and /metrics: every
+    request authenticated and counted)."""
+    import tempfile
     from tests.support import TEST_IMAGE, AgentProcess, remove_host_containers, require_docker
     runtime = require_docker()
-    agent = AgentProcess(f"benchpoll{os.getpid()}", args=[
-        "-log-level", "warning", "-retain-ended", "20", "-cpu-shares", "1000000"]).start()
+    args = ["-log-level", "warning", "-retain-ended", "20", "-cpu-shares", "1000000",
+            "-max-waits-per-client", str(CLIENTS + 100)]
+    token, token_file = "", None
+    if secure:
+        token = "bench-token-0123456789abcdef"
+        token_file = os.path.join(tempfile.mkdtemp(), "token")
+        with open(token_file, "w") as f:
+            f.write(token + "\n")
+    else:
+        args.append("-metrics=false")
+    agent = AgentProcess(f"benchpoll{os.getpid()}{'s' if secure else ''}", args=args,
+                         token_file=token_file).start()
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     body = simplejson.dumps({"config": {"image": os.environ.get("BENCH_IMAGE", TEST_IMAGE),
                                         "cmd": ["true"]}})
 
     def place(n):
         conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=60)
-        conn.request("PUT", f"/host/jobs/poll-{n}", body=body)
+        conn.request("PUT", f"/host/jobs/poll-{n}", body=body, headers=auth)
         resp = conn.getresponse()
         resp.read()
         conn.close()
@@ -170,7 +192,7 @@ def run_agent_side() -> dict:
         # every job placed reaches its final state (3 events each) before we take the cursor
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            conn.request("GET", "/host/status")
+            conn.request("GET", "/host/status", headers=auth)
             status = simplejson.loads(conn.getresponse().read())
             if sum(status["jobs"].get(s, 0) for s in ("starting", "running")) == 0:
                 return status["events_cursor"]
@@ -178,7 +200,7 @@ def run_agent_side() -> dict:
         raise AssertionError("jobs did not finish")
 
     try:
-        return measure(agent.port, generate, "agent")
+        return measure(agent.port, generate, "secure" if secure else "agent", token)
     finally:
         agent.cleanup()
         remove_host_containers(runtime, agent.host_id)
@@ -273,8 +295,9 @@ def run_baseline_side(rate: float) -> dict:
 def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    agent = run_agent_side()
+    agent = run_agent_side(secure=False)
     baseline = run_baseline_side(agent["rate"])
+    secure = run_agent_side(secure=True)
     print(f"\nlongpoll: {CLIENTS} clients, {SECONDS:.0f}s, agent {agent['rate']:.1f} events/s")
     print(f"  agent     p50 {agent['p50_ms']:6.1f} ms  p99 {agent['p99_ms']:6.1f} ms  "
           f"missed {agent['missed']}  (targets: p99 <= 100 ms, 0 missed)")
@@ -282,6 +305,10 @@ def main():
           f"missed {baseline['missed']}  (bare pywsgi, same clients and rate)")
     print(f"  ratio     p50 {agent['p50_ms'] / baseline['p50_ms']:.2f}x  "
           f"p99 {agent['p99_ms'] / baseline['p99_ms']:.2f}x")
+    print(f"  secure    p50 {secure['p50_ms']:6.1f} ms  p99 {secure['p99_ms']:6.1f} ms  "
+          f"missed {secure['missed']}  (the agent with a token and /metrics)")
+    print(f"  secure / agent  p50 {secure['p50_ms'] / agent['p50_ms']:.2f}x  "
+          f"p99 {secure['p99_ms'] / agent['p99_ms']:.2f}x")
 
 
 if __name__ == "__main__":
