@@ -32,6 +32,7 @@ from host.layer0.runner import Layer0
 from host.logsetup import set_host_id
 from host.metrics import Recorded
 from host.ports import PortAllocator
+from host.retry import Backoff
 from host.runtime import Runtime
 from host.state import JobTable
 from host.statedir import LocalState, open_state
@@ -109,6 +110,7 @@ class Agent:
         self.start_service("docker-events", self.supervisor.follow_runtime_events)
         if self.layer0 is not None:
             self.layer0.bring_up(self)  # before registering: etcd is one of them
+            self._secure_etcd()
             for service_id in self.layer0.running:
                 self.start_service(f"layer0-{service_id}",
                                    functools.partial(self.layer0.supervise, self, service_id))
@@ -124,6 +126,21 @@ class Agent:
             self.start_service("scheduler", self.scheduler.run)
             self.start_service("leader-duties", self._leader_duties)
             self.start_service("assignments", self.assignments.run)
+
+    def _secure_etcd(self):
+        """etcd asks for credentials before this host registers, when layer 0 runs a member
+        here and the cluster has a token; without one it stays as open as the API, said as
+        loudly."""
+        if self.discovery is None or self.layer0.plan is None or not self.layer0.plan.run_member:
+            return
+        if self.discovery.credentials is None:
+            log.warning("ETCD IS OPEN: without -auth-token-file this host's etcd member asks "
+                        "for no credentials, and whoever reaches it can run containers on "
+                        "every host of the cluster")
+            return
+        done = Backoff("securing etcd", log).retry(self.discovery.secure, (FlynnError,),
+                                                   within_s=60)
+        log.info("layer 0: %s (root user from the cluster's token)", done)
 
     def _leader_duties(self):
         """When this agent takes office, the scheduler finishes at once what an old leader
@@ -288,7 +305,8 @@ def build_agent(config: Config) -> Agent:
     """The daemon's agent: Docker from the environment, layer 0 from the manifest, etcd as
     planned from the settings. Raises ConfigError or ManifestError (usage: exit 2), FatalError
     when the state dir is another agent's."""
-    from host.layer0.bootstrap import check_etcd_settings, layer0_for, load_services, plan_etcd
+    from host.layer0.bootstrap import (check_etcd_settings, etcd_credentials, layer0_for,
+                                       load_services, plan_etcd)
     from host.runtime.docker import DockerRuntime
     check_etcd_settings(config)
     services = load_services(config)  # before the state dir is taken: a usage error, exit 2
@@ -298,9 +316,12 @@ def build_agent(config: Config) -> Agent:
         config = config.replace(id=local.host_id)
         runtime = DockerRuntime()
         layer0 = layer0_for(config, local.host_id, services)
+        token = read_token(config.auth_token_file) if config.auth_token_file else None
+        layer0.etcd_credentials = etcd_credentials(config, token)
         layer0.plan = plan_etcd(config, layer0, runtime)
         log.info("etcd: %s", layer0.plan.reason)
-        discovery = EtcdDiscovery(",".join(layer0.plan.endpoints), config.etcd_prefix)
+        discovery = EtcdDiscovery(",".join(layer0.plan.endpoints), config.etcd_prefix,
+                                  layer0.etcd_credentials)
         return Agent(config, runtime, discovery=discovery, layer0=layer0, local=local)
     except BaseException:
         local.close()

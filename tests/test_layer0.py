@@ -21,7 +21,9 @@ def members(client_url: str) -> list:
                                                   timeout=5).json()["members"])
 
 
-class JoinTest(unittest.TestCase):
+class Layer0HostsTestCase(unittest.TestCase):
+    """Agents on loopback addresses of their own, each running its etcd member as a process."""
+
     def setUp(self):
         self.runtime = require_docker()
         self.prefix = f"/flynn-test/join{os.getpid()}"
@@ -49,6 +51,8 @@ class JoinTest(unittest.TestCase):
         resp = agent.client.get("/cluster/hosts")
         return {h["id"] for h in resp.json()} if resp.status_code == 200 else set()
 
+
+class JoinTest(Layer0HostsTestCase):
     def test_hosts_join_with_etcd_peers_up_to_the_member_count(self):
         first = self.host(1).start()
         self.assertEqual(members(first.client_url), [first.host_id])
@@ -127,3 +131,57 @@ class JoinTest(unittest.TestCase):
         wait_until(lambda: self.hosts_seen_by(first) == {first.host_id, second.host_id}, 20,
                    "the second back")
         self.assertEqual(members(first.client_url), [first.host_id])
+
+
+class EtcdAuthTest(Layer0HostsTestCase):
+    """With the cluster's token, the etcd layer 0 runs asks for credentials (its root user's
+    password derived from the token): whoever reaches its client port without them can neither
+    read nor write a key, an assignment included; hosts with the token join, work and leave."""
+
+    def setUp(self):
+        super().setUp()
+        import tempfile
+        from tests.test_auth import token_file
+        self.token_file = token_file(tempfile.mkdtemp())
+
+    def test_etcd_asks_for_credentials_that_hosts_with_the_token_have(self):
+        from host.discovery.etcd import Credentials
+        from tests.test_auth import TOKEN
+        first = self.host(1, "-auth-token-file", self.token_file)
+        first.client.http.headers["Authorization"] = f"Bearer {TOKEN}"
+        first.start()
+        self.assertIn("etcd authentication enabled", first.log(tail=0))
+        key = f"{first.client_url}/v2/keys{self.prefix}/cluster/assignments/{first.host_id}/x"
+        for method in ("GET", "PUT"):
+            anonymous = requests.request(method, key, data={"value": "{}"}, timeout=5)
+            self.assertEqual(anonymous.status_code, 401, anonymous.text)
+            self.assertEqual(anonymous.json()["errorCode"], 110)
+        root = Credentials.from_token(TOKEN)
+        self.assertNotIn(TOKEN, root.password)
+        listed = requests.get(f"{first.client_url}/v2/keys{self.prefix}/discoverd/services/"
+                              "flynn-host", auth=(root.user, root.password), timeout=5)
+        self.assertEqual(listed.status_code, 200, listed.text)
+        self.assertIn(first.host_id, listed.text)
+
+        second = self.host(2, "-auth-token-file", self.token_file, peers=first.peer_addr)
+        second.client.http.headers["Authorization"] = f"Bearer {TOKEN}"
+        second.start()
+        self.assertIn("etcd asks for credentials", second.log(tail=0))
+        for agent in (first, second):
+            wait_until(lambda a=agent: self.hosts_seen_by(a) == {first.host_id,
+                                                                 second.host_id}, 20,
+                       f"{agent.host_id} seeing both hosts")
+        placed = first.client.post("/cluster/jobs", json={"jobs": [{
+            "id": "secured", "config": {"image": "flynn-test/busybox", "cmd": ["true"]}}]})
+        self.assertEqual(placed.status_code, 200, placed.text)
+        # leaving removes the member through the v2 members API, which asks for the root user
+        left = second.client.post("/host/leave", timeout=40)
+        self.assertEqual(left.status_code, 202, left.text)
+        wait_until(lambda: members(first.client_url) == [first.host_id], 20,
+                   "the second member removed")
+
+    def test_without_a_token_etcd_is_open_and_said_so(self):
+        alone = self.host(3).start()
+        self.assertIn("ETCD IS OPEN", alone.log(tail=0))
+        self.assertEqual(requests.get(f"{alone.client_url}/v2/keys/", timeout=5).status_code,
+                         200)

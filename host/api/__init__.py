@@ -44,7 +44,7 @@ class AgentApp(bottle.Bottle):
         self._token = TokenCheck(agent.token) if agent.token else None
         self._browsers = BrowserGuard(agent.config.allowed_hosts)
         self.waiters = Waiters(agent.config.max_waits_per_client)
-        self.answered = collections.Counter()  # ("METHOD rule", "status") -> count, /metrics
+        self.answered = collections.Counter()  # (route, "status") -> count, for /metrics
         self.counting = agent.config.metrics
 
     def __call__(self, environ, start_response):
@@ -57,10 +57,9 @@ class AgentApp(bottle.Bottle):
             return self._serve(environ, identified)
 
         def counted(status, headers, exc_info=None):
-            route = environ.get("bottle.route")
-            name = f"{route.method} {route.rule}" if route is not None else \
-                environ.get(_ROUTE_NAME, "(unrouted)")
-            self.answered[(name, status[:3])] += 1
+            # the route object itself: named at scrape time, not on every request
+            route = environ.get("bottle.route") or environ.get(_ROUTE_NAME, "(unrouted)")
+            self.answered[(route, status[:3])] += 1
             headers.append((REQUEST_ID, request_id))
             return start_response(status, headers, exc_info)
         return self._serve(environ, counted)

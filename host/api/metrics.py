@@ -6,6 +6,8 @@ counter per request for `flynn_host_http_requests_total`. The histograms are hos
 """
 from __future__ import annotations
 
+import collections
+
 import bottle
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -47,8 +49,12 @@ class AgentCollector:
                                 "(at most -task-concurrency)", value=agent.tasks.busy_slots)
         requests = CounterMetricFamily("flynn_host_http_requests", "HTTP requests answered, by "
                                        "route and status", labels=["route", "status"])
-        for (route, status), count in sorted(app.answered.items()):
-            requests.add_metric([route, status], count)
+        named = collections.Counter()
+        for (route, status), count in list(app.answered.items()):
+            name = route if isinstance(route, str) else f"{route.method} {route.rule}"
+            named[(name, status)] += count
+        for (name, status), count in sorted(named.items()):
+            requests.add_metric([name, status], count)
         yield requests
         yield from agent.recorded.job_start.collect()
         if agent.discovery is not None:

@@ -21,6 +21,8 @@ exists already (create returns False).
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -129,16 +131,37 @@ def _error_kind(e: Exception) -> str:
     return f"code_{code}" if code is not None else "other"
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """etcd's root user, as every agent of a cluster derives it from the cluster's API token:
+    a joining host that has the token has the credentials, and nothing else must be handed
+    out. The password is never the token itself (an etcd dump shows neither)."""
+    user: str
+    password: str
+
+    @classmethod
+    def from_token(cls, token: str) -> "Credentials":
+        digest = hmac.new(token.encode(), b"flynn-host etcd root", hashlib.sha256).hexdigest()
+        return cls("root", digest)
+
+    @property
+    def header(self) -> dict:
+        return urllib3.make_headers(basic_auth=f"{self.user}:{self.password}")
+
+
 class EtcdDiscovery:
     #: seconds an ordinary etcd request may take
     request_timeout_s = 5
 
-    def __init__(self, endpoints: str, prefix: str = "/flynn"):
+    def __init__(self, endpoints: str, prefix: str = "/flynn",
+                 credentials: Optional[Credentials] = None):
         """`endpoints`: client URLs of etcd members, comma-separated. Requests go to one of them;
         when it cannot be reached (or does not answer in time) the next one is used, so a host
-        whose own member is gone carries on through the others."""
+        whose own member is gone carries on through the others. `credentials`: etcd's root
+        user, for an etcd that asks for them (secure())."""
         hosts, protocol = parse_endpoints(endpoints)
         self.endpoints = endpoints
+        self.credentials = credentials
         self.prefix = prefix.rstrip("/")
         self.services_dir = f"{self.prefix}/discoverd/services/{SERVICE}"
         self._clients = [self._make_client(host, port, protocol) for host, port in hosts]
@@ -147,8 +170,11 @@ class EtcdDiscovery:
         self._services = Records(self, f"discoverd/services/{SERVICE}")
 
     def _make_client(self, host: str, port: int, protocol: str) -> etcd.Client:
+        user, password = (self.credentials.user, self.credentials.password) \
+            if self.credentials else (None, None)
         client = etcd.Client(host=host, port=port, protocol=protocol, allow_reconnect=False,
-                             read_timeout=self.request_timeout_s, per_host_pool_size=32)
+                             read_timeout=self.request_timeout_s, per_host_pool_size=32,
+                             username=user, password=password)
         # urllib3 would send a request again, up to 3 times, after etcd got it but did not
         # answer in time: a hung etcd then costs 4 timeouts, and a create that was applied
         # comes back "already exists". Retry only a connection that could not be made; the
@@ -182,6 +208,58 @@ class EtcdDiscovery:
         return f"{self.services_dir}/{host_id}"
 
     # ---- health ----------------------------------------------------------------------------
+
+    def secure(self) -> str:
+        """Make etcd ask for credentials (its v2 auth: the root user with our password, and
+        the guest role, which anyone without credentials has, allowed nothing), if it does not
+        yet; check that ours work if it does. Idempotent: every agent running a member calls
+        it. Once it listens beyond loopback, an open etcd is a second, open control plane:
+        whoever writes an assignment key runs a container. Returns what was done."""
+        auth = f"{self.endpoint.rstrip('/')}/v2/auth"
+        http = self._client.http
+        done = "etcd asks for credentials"
+
+        def call(method, url, body=None, credentials=True):
+            headers = dict(self.credentials.header) if credentials else {}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                response = http.request(method, url, headers=headers,
+                                        body=simplejson.dumps(body) if body else None,
+                                        timeout=self.request_timeout_s)
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise self._failure(f"{method} {url}", e) from e
+            try:
+                data = simplejson.loads(response.data) if response.data.strip() else {}
+            except ValueError:
+                data = {"message": response.data[:200].decode("utf-8", "replace")}
+            return response.status, data
+
+        status, state = call("GET", f"{auth}/enable", credentials=False)
+        if status == 200 and not state.get("enabled"):
+            status, answer = call("PUT", f"{auth}/users/root",
+                                  {"user": "root", "password": self.credentials.password})
+            if status >= 300:
+                raise EtcdUnavailable(f"etcd refused to create its root user: {answer}")
+            status, answer = call("PUT", f"{auth}/enable")
+            if status >= 300 and status != 409:  # 409: another agent enabled it just now
+                raise EtcdUnavailable(f"etcd refused to enable authentication: {answer}")
+            done = "etcd authentication enabled"
+        status, answer = call("GET", f"{auth}/users/root")
+        if status == 401:
+            raise EtcdUnavailable("etcd asks for credentials, and this agent's are refused: "
+                                  "is -auth-token-file the cluster's token?")
+        if status >= 300:
+            raise EtcdUnavailable(f"etcd's users could not be read: {status} {answer}")
+        status, guest = call("GET", f"{auth}/roles/guest")
+        kv = (guest.get("permissions") or {}).get("kv") or {}
+        if status == 200 and (kv.get("read") or kv.get("write")):
+            status, answer = call("PUT", f"{auth}/roles/guest", {
+                "role": "guest", "revoke": {"kv": {"read": kv.get("read") or [],
+                                                   "write": kv.get("write") or []}}})
+            if status >= 300:
+                raise EtcdUnavailable(f"etcd refused to close its guest access: {answer}")
+        return done
 
     def ping(self) -> None:
         try:
@@ -404,16 +482,22 @@ class EtcdMembers:
     #: seconds one members request may take
     request_timeout_s = 5
 
-    def __init__(self):
+    def __init__(self, credentials: Optional[Credentials] = None):
+        # the v2 members API asks for them to remove a member (the v3 gateway's calls, which
+        # would read the header as a v3 token, and the peer port's need none)
+        self._v2_headers = credentials.header if credentials else {}
         self._http = urllib3.PoolManager(
             num_pools=4, maxsize=4, timeout=self.request_timeout_s,
             retries=urllib3.Retry(total=None, connect=1, read=False, status=0, other=0))
 
-    def _json(self, method: str, url: str, body: Optional[dict] = None):
+    def _json(self, method: str, url: str, body: Optional[dict] = None, headers=None):
         try:
+            headers = dict(headers or {})
+            if body is not None:
+                headers["Content-Type"] = "application/json"
             response = self._http.request(
                 method, url, body=simplejson.dumps(body) if body is not None else None,
-                headers={"Content-Type": "application/json"} if body is not None else None)
+                headers=headers)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise EtcdUnavailable(f"{method} {url}: etcd is unreachable ({e})") from e
         if response.status >= 300:
@@ -476,4 +560,4 @@ class EtcdMembers:
 
     def remove(self, members: list, member_id: str) -> None:
         self._through_clients(members, lambda url: self._json(
-            "DELETE", f"{url}/v2/members/{member_id}"))
+            "DELETE", f"{url}/v2/members/{member_id}", headers=self._v2_headers))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 from host import errors
 from host.config import ConfigError
+from host.discovery.etcd import Credentials, EtcdMembers
 from host.layer0 import etcd_plan
 from host.layer0.manifest import load_manifest
 from host.layer0.runner import Layer0
@@ -63,7 +65,17 @@ def plan_etcd(config, layer0: Layer0, runtime) -> etcd_plan.EtcdPlan:
         return etcd_plan.plan_discovery(me, config.etcd_discovery)
     if not config.etcd_peers:
         return etcd_plan.plan_first(me)
+    api = EtcdMembers(layer0.etcd_credentials)
     return Backoff("joining etcd through ETCD_PEERS", log).retry(
         lambda: etcd_plan.plan_join(me, config.etcd_peers, config.etcd_members,
-                                    lambda: layer0.etcd_has_data(runtime)),
+                                    lambda: layer0.etcd_has_data(runtime), api=api),
         (errors.FlynnError,))
+
+
+def etcd_credentials(config, token: Optional[str]) -> Optional[Credentials]:
+    """etcd's root user for the etcd layer 0 runs (derived from the API token: every host of
+    the cluster has it); None without a token, or for an etcd of the operator's
+    (-etcd-endpoints), whose access is the operator's to set."""
+    if token is None or config.etcd_endpoints:
+        return None
+    return Credentials.from_token(token)

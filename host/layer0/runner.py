@@ -78,6 +78,8 @@ class Layer0:
                  environ: Optional[dict] = None):
         self.services = services
         self.host_id = host_id
+        #: etcd's root user (host.discovery.etcd.Credentials) when the cluster has a token
+        self.etcd_credentials = None
         self.external_ip = external_ip
         self.state_dir = state_dir
         self.all_jobs = all_jobs              # -layer0-mode jobs
@@ -321,7 +323,7 @@ class Layer0:
         if running is None:
             return None
         me = self.member_address()
-        api = EtcdMembers()
+        api = EtcdMembers(self.etcd_credentials)
         members = api.through_peers([me.peer_url])
         mine = next((m for m in members if me.peer_url in m.peer_urls), None)
         others = [m for m in members if m is not mine]
