@@ -4,8 +4,10 @@ lane, `GET /host/events`, and a Bottle route, `GET /host/jobs/<id>`).
 
 Two in-process agents on the fake engine, one plain (no token, -metrics=false), one secure (a
 token and /metrics); the same requests are sent to each in alternating batches, and the median
-microseconds per request are printed with the ratio secure / plain. `python bench/request_cost.py`
-(BENCH_REQUESTS, default 20000 per side).
+microseconds per request are printed with the ratio secure / plain. Then the same over HTTP:
+two agent processes (the real engine: DOCKER_HOST and the test image, as bin/test provisions),
+20 kept-alive clients each sending `GET /host/events?since=0` in alternating rounds.
+`python bench/request_cost.py` (BENCH_REQUESTS, default 20000 per side).
 """
 from gevent import monkey
 
@@ -79,5 +81,57 @@ def main():
               f"ratio {secure / plain:4.2f}x")
 
 
+def over_http():
+    import gevent
+    import socket
+    from tests.support import AgentProcess, remove_host_containers, require_docker
+    runtime = require_docker()
+    token_file = os.path.join(tempfile.mkdtemp(), "token")
+    with open(token_file, "w") as f:
+        f.write(TOKEN + "\n")
+    agents = {"plain": AgentProcess(f"costplain{os.getpid()}",
+                                    args=["-log-level", "warning", "-metrics=false"]).start(),
+              "secure": AgentProcess(f"costsecure{os.getpid()}", args=["-log-level", "warning"],
+                                     token_file=token_file).start()}
+    auth = {"plain": b"", "secure": f"Authorization: Bearer {TOKEN}\r\n".encode()}
+
+    def client(port: int, request: bytes, count: int):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            data = b""
+            for _ in range(count):
+                sock.sendall(request)
+                while True:
+                    data += sock.recv(65536)
+                    head, found, rest = data.partition(b"\r\n\r\n")
+                    if found:
+                        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                        if len(rest) >= length:
+                            data = rest[length:]
+                            break
+
+    def round_of(side: str, requests: int = 3000, clients: int = 20) -> float:
+        request = (b"GET /host/events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth[side] +
+                   b"\r\n")
+        started = time.perf_counter()
+        gevent.joinall([gevent.spawn(client, agents[side].port, request, requests // clients)
+                        for _ in range(clients)], raise_error=True)
+        return (time.perf_counter() - started) / requests * 1e6
+
+    try:
+        timings = {"plain": [], "secure": []}
+        for n in range(8):
+            for side in (("plain", "secure") if n % 2 == 0 else ("secure", "plain")):
+                timings[side].append(round_of(side))
+    finally:
+        for agent in agents.values():
+            agent.cleanup()
+            remove_host_containers(runtime, agent.host_id)
+    plain, secure = (statistics.median(timings[s]) for s in ("plain", "secure"))
+    print(f"  {'over HTTP, GET /host/events':<30} plain {plain:6.1f} us   secure {secure:6.1f} "
+          f"us   ratio {secure / plain:4.2f}x  (20 clients, 8 rounds of 3000)")
+
+
 if __name__ == "__main__":
     main()
+    over_http()

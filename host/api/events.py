@@ -42,9 +42,11 @@ def events_response(log: EventLog, query, environ, waiters: Waiters) -> tuple:
 
 
 def _stream(log: EventLog, since: int, match):
-    """Newline-delimited events, a blank line every STREAM_KEEPALIVE_S when idle. A consumer so
-    slow that its cursor leaves the retained window gets a last line with the error."""
+    """Newline-delimited events, a blank line first and every STREAM_KEEPALIVE_S when idle. A
+    consumer so slow that its cursor leaves the retained window gets a last line with the
+    error."""
     cursor = since
+    yield b"\n"  # at once: the answer's headers go out now, not with the first event
     while True:
         try:
             found, cursor = log.wait(cursor, STREAM_KEEPALIVE_S, match)
