@@ -150,12 +150,18 @@ class EtcdAuthTest(Layer0HostsTestCase):
         first = self.host(1, "-auth-token-file", self.token_file)
         first.client.http.headers["Authorization"] = f"Bearer {TOKEN}"
         first.start()
-        self.assertIn("etcd authentication enabled", first.log(tail=0))
+        self.assertIn("etcd authentication enabled (v2, v3)", first.log(tail=0))
         key = f"{first.client_url}/v2/keys{self.prefix}/cluster/assignments/{first.host_id}/x"
         for method in ("GET", "PUT"):
             anonymous = requests.request(method, key, data={"value": "{}"}, timeout=5)
             self.assertEqual(anonymous.status_code, 401, anonymous.text)
             self.assertEqual(anonymous.json()["errorCode"], 110)
+        # nor, through the v3 API, change the membership
+        for path, body in (("/v3/cluster/member/add", {"peerURLs": ["http://127.0.0.9:1"]}),
+                           ("/v3/kv/put", {"key": "eA==", "value": "eQ=="})):
+            anonymous = requests.post(first.client_url + path, json=body, timeout=5)
+            self.assertGreaterEqual(anonymous.status_code, 400, anonymous.text)
+            self.assertIn("user name is empty", anonymous.text)
         root = Credentials.from_token(TOKEN)
         self.assertNotIn(TOKEN, root.password)
         listed = requests.get(f"{first.client_url}/v2/keys{self.prefix}/discoverd/services/"

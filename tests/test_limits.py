@@ -192,3 +192,32 @@ class StreamsOnTheRealEngineTest(DockerAgentTestCase):
         self.assertEqual(len(output), size)
         self.assertEqual(trailing, b"")
         self.assertIn(b'"type": "exit"', b"".join(p for o, p in frames if o == 1))
+
+
+class HangingStopsOnTheRealEngineTest(DockerAgentTestCase):
+    """The starvation reproduced on the real engine: a job that ignores SIGTERM, stopped again
+    and again with a timeout of an hour, holds up neither a new job nor the recording of an
+    exit nor the API (a shared task pool that blocked when full froze all three)."""
+    agent_args = ("-task-concurrency", "2")
+
+    def test_stops_that_hang_block_nothing(self):
+        stubborn = job_body(["sh", "-c", "trap '' TERM; while true; do sleep 1; done"])
+        self.client.put_job("stubborn", stubborn)
+        self.client.wait_status("stubborn", "running")
+        for _ in range(64):
+            answer = self.client.delete("/host/jobs/stubborn", params={"timeout": 3600},
+                                        timeout=5)
+            self.assertEqual(answer.status_code, 202, answer.text)
+        started = time.monotonic()
+        self.client.put_job("after", job_body(["sleep", "60"]))
+        self.client.wait_status("after", "running", timeout=20)
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(self.client.get("/host/status").status_code, 200)
+        # an exit is recorded while the stops hang: a job that ends on its own
+        self.client.put_job("quick", job_body(["sh", "-c", "exit 4"]))
+        self.assertEqual(self.client.wait_status("quick", "crashed", timeout=20)["exit_status"],
+                         4)
+        # and a shorter stop still kills it
+        self.client.delete("/host/jobs/stubborn", params={"timeout": 0})
+        self.assertEqual(self.client.wait_status("stubborn", "crashed", timeout=20)["status"],
+                         "crashed")

@@ -149,6 +149,20 @@ class Credentials:
         return urllib3.make_headers(basic_auth=f"{self.user}:{self.password}")
 
 
+def v3_token(call, credentials: Credentials) -> Optional[str]:
+    """A v3 API token for `credentials` (call: (method, path, body) -> (status, answer)); None
+    while etcd's v3 authentication is off. EtcdUnavailable when it is on and refuses them."""
+    status, answer = call("POST", "/v3/auth/authenticate",
+                          {"name": credentials.user, "password": credentials.password})
+    if status == 200 and answer.get("token"):
+        return answer["token"]
+    message = str(answer.get("message") or answer.get("error") or answer)
+    if "not enabled" in message:
+        return None
+    raise EtcdUnavailable(f"etcd's v3 API refuses this agent's credentials ({message}): is "
+                          "-auth-token-file the cluster's token?")
+
+
 class EtcdDiscovery:
     #: seconds an ordinary etcd request may take
     request_timeout_s = 5
@@ -210,56 +224,79 @@ class EtcdDiscovery:
     # ---- health ----------------------------------------------------------------------------
 
     def secure(self) -> str:
-        """Make etcd ask for credentials (its v2 auth: the root user with our password, and
-        the guest role, which anyone without credentials has, allowed nothing), if it does not
-        yet; check that ours work if it does. Idempotent: every agent running a member calls
-        it. Once it listens beyond loopback, an open etcd is a second, open control plane:
-        whoever writes an assignment key runs a container. Returns what was done."""
-        auth = f"{self.endpoint.rstrip('/')}/v2/auth"
-        http = self._client.http
-        done = "etcd asks for credentials"
+        """Make etcd ask for credentials, if it does not yet; check that ours work if it does.
+        Once it listens beyond loopback, an open etcd is a second, open control plane: whoever
+        writes an assignment key runs a container. Both of its APIs: the v2 one (our keys: the
+        root user with our password, and the guest role, which anyone without credentials has,
+        allowed nothing) and the v3 one (its own users: changing the membership, or keys of
+        its own). Idempotent: every agent running a member calls it. Returns what was done."""
+        enabled = [api for api, ensure in (("v2", self._secure_v2), ("v3", self._secure_v3))
+                   if ensure()]
+        return ("etcd authentication enabled (" + ", ".join(enabled) + ")") if enabled else \
+            "etcd asks for credentials"
 
-        def call(method, url, body=None, credentials=True):
-            headers = dict(self.credentials.header) if credentials else {}
-            if body is not None:
-                headers["Content-Type"] = "application/json"
-            try:
-                response = http.request(method, url, headers=headers,
-                                        body=simplejson.dumps(body) if body else None,
-                                        timeout=self.request_timeout_s)
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                raise self._failure(f"{method} {url}", e) from e
-            try:
-                data = simplejson.loads(response.data) if response.data.strip() else {}
-            except ValueError:
-                data = {"message": response.data[:200].decode("utf-8", "replace")}
-            return response.status, data
+    def _auth_call(self, method: str, path: str, body=None, headers=None) -> tuple:
+        url = f"{self.endpoint.rstrip('/')}{path}"
+        headers = dict(headers or {})
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self._client.http.request(
+                method, url, headers=headers, timeout=self.request_timeout_s,
+                body=simplejson.dumps(body) if body is not None else None)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise self._failure(f"{method} {url}", e) from e
+        try:
+            data = simplejson.loads(response.data) if response.data.strip() else {}
+        except ValueError:
+            data = {"message": response.data[:200].decode("utf-8", "replace")}
+        return response.status, data if isinstance(data, dict) else {}
 
-        status, state = call("GET", f"{auth}/enable", credentials=False)
-        if status == 200 and not state.get("enabled"):
-            status, answer = call("PUT", f"{auth}/users/root",
-                                  {"user": "root", "password": self.credentials.password})
+    def _secure_v2(self) -> bool:
+        root = self.credentials.header
+        status, state = self._auth_call("GET", "/v2/auth/enable")
+        enabling = status == 200 and not state.get("enabled")
+        if enabling:
+            status, answer = self._auth_call("PUT", "/v2/auth/users/root", {
+                "user": "root", "password": self.credentials.password})
             if status >= 300:
                 raise EtcdUnavailable(f"etcd refused to create its root user: {answer}")
-            status, answer = call("PUT", f"{auth}/enable")
+            status, answer = self._auth_call("PUT", "/v2/auth/enable", headers=root)
             if status >= 300 and status != 409:  # 409: another agent enabled it just now
                 raise EtcdUnavailable(f"etcd refused to enable authentication: {answer}")
-            done = "etcd authentication enabled"
-        status, answer = call("GET", f"{auth}/users/root")
+        status, answer = self._auth_call("GET", "/v2/auth/users/root", headers=root)
         if status == 401:
             raise EtcdUnavailable("etcd asks for credentials, and this agent's are refused: "
                                   "is -auth-token-file the cluster's token?")
         if status >= 300:
             raise EtcdUnavailable(f"etcd's users could not be read: {status} {answer}")
-        status, guest = call("GET", f"{auth}/roles/guest")
+        status, guest = self._auth_call("GET", "/v2/auth/roles/guest", headers=root)
         kv = (guest.get("permissions") or {}).get("kv") or {}
         if status == 200 and (kv.get("read") or kv.get("write")):
-            status, answer = call("PUT", f"{auth}/roles/guest", {
+            status, answer = self._auth_call("PUT", "/v2/auth/roles/guest", {
                 "role": "guest", "revoke": {"kv": {"read": kv.get("read") or [],
-                                                   "write": kv.get("write") or []}}})
+                                                   "write": kv.get("write") or []}}},
+                headers=root)
             if status >= 300:
                 raise EtcdUnavailable(f"etcd refused to close its guest access: {answer}")
-        return done
+        return enabling
+
+    def _secure_v3(self) -> bool:
+        if v3_token(self._auth_call, self.credentials) is not None:
+            return False  # on, and ours work
+        for path, body in (("/v3/auth/role/add", {"name": "root"}),
+                           ("/v3/auth/user/add", {"name": "root",
+                                                  "password": self.credentials.password}),
+                           ("/v3/auth/user/changepw", {"name": "root",
+                                                       "password": self.credentials.password}),
+                           ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+                           ("/v3/auth/enable", {})):
+            status, answer = self._auth_call("POST", path, body)
+            if status >= 300 and "already exists" not in str(answer.get("message")):
+                raise EtcdUnavailable(f"etcd's v3 API refused {path}: {answer}")
+        if v3_token(self._auth_call, self.credentials) is None:
+            raise EtcdUnavailable("etcd's v3 API did not take authentication on")
+        return True
 
     def ping(self) -> None:
         try:
@@ -483,9 +520,9 @@ class EtcdMembers:
     request_timeout_s = 5
 
     def __init__(self, credentials: Optional[Credentials] = None):
-        # the v2 members API asks for them to remove a member (the v3 gateway's calls, which
-        # would read the header as a v3 token, and the peer port's need none)
-        self._v2_headers = credentials.header if credentials else {}
+        # changes go through the v3 API, which asks for a token made from them once etcd's
+        # authentication is on (EtcdDiscovery.secure()); the peer port's /members needs none
+        self._credentials = credentials
         self._http = urllib3.PoolManager(
             num_pools=4, maxsize=4, timeout=self.request_timeout_s,
             retries=urllib3.Retry(total=None, connect=1, read=False, status=0, other=0))
@@ -545,19 +582,34 @@ class EtcdMembers:
         raise EtcdUnavailable("no etcd member took the change: " +
                               ("; ".join(problems) or "no member has a client URL"))
 
+    def _v3_headers(self, url: str) -> dict:
+        """What a v3 call through `url` must carry: a token once etcd's v3 auth is on."""
+        if self._credentials is None:
+            return {}
+
+        def call(method, path, body):
+            try:
+                return 200, self._json(method, url + path, body)
+            except EtcdUnavailable as e:
+                return 400, {"message": str(e)}
+        token = v3_token(call, self._credentials)
+        return {"Authorization": token} if token else {}
+
     def add(self, members: list, peer_url: str) -> Member:
         """Add a learner with `peer_url` through the cluster of `members`; the new Member
         (without a name until it starts)."""
         return self._through_clients(members, lambda url: self._member(self._json(
-            "POST", f"{url}/v3/cluster/member/add", {"peerURLs": [peer_url],
-                                                     "isLearner": True})["member"]))
+            "POST", f"{url}/v3/cluster/member/add", {"peerURLs": [peer_url], "isLearner": True},
+            headers=self._v3_headers(url))["member"]))
 
     def promote(self, members: list, member_id: str) -> None:
         """Make a learner a voting member. EtcdUnavailable while it has not caught up with
         the leader (etcd refuses until then): the caller retries."""
         self._through_clients(members, lambda url: self._json(
-            "POST", f"{url}/v3/cluster/member/promote", {"ID": str(int(member_id, 16))}))
+            "POST", f"{url}/v3/cluster/member/promote", {"ID": str(int(member_id, 16))},
+            headers=self._v3_headers(url)))
 
     def remove(self, members: list, member_id: str) -> None:
         self._through_clients(members, lambda url: self._json(
-            "DELETE", f"{url}/v2/members/{member_id}", headers=self._v2_headers))
+            "POST", f"{url}/v3/cluster/member/remove", {"ID": str(int(member_id, 16))},
+            headers=self._v3_headers(url)))

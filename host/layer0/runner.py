@@ -349,7 +349,7 @@ class Layer0:
 
     def _promote(self, member_id: str):
         """This host's member joined as a learner and runs: make it a voting member."""
-        api = EtcdMembers()
+        api = EtcdMembers(self.etcd_credentials)
         Backoff(f"promoting etcd member {member_id}", log, max_s=2).retry(
             lambda: api.promote(api.through_peers([self.member_address().peer_url]), member_id),
             (errors.Unavailable,), within_s=self.promotion_s)
