@@ -158,7 +158,12 @@ class _Handler(WSGIHandler):
         # Waiting for a request to begin is idleness (read_timeout); from its first byte, the
         # line and the headers must all arrive within header_timeout, however slowly they
         # trickle (one byte a minute would otherwise hold the connection for hours).
-        self.rfile.peek(1)
+        me = gevent.getcurrent()
+        self.server.idle.add(me)  # a kept-alive connection between requests
+        try:
+            self.rfile.peek(1)
+        finally:
+            self.server.idle.discard(me)
         limit = self.server.limits.header_timeout
         self._header_clock = gevent.Timeout.start_new(
             limit, HeadersTooSlow(f"request headers not complete within {limit:g}s"))
@@ -211,6 +216,16 @@ class _Handler(WSGIHandler):
 
 
 class _Server(WSGIServer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.idle = set()  # handlers waiting for a kept-alive connection's next request
+
+    def stop(self, timeout=None):
+        """Stop serving: connections idle between requests are closed at once, requests in
+        flight get up to `timeout` seconds to finish (then they are killed)."""
+        gevent.killall(list(self.idle), block=False)
+        super().stop(timeout)
+
     def wrap_socket_and_handle(self, client_socket, address):
         # the TLS handshake runs before the handler: bounded as the headers are
         client_socket.settimeout(self.limits.header_timeout)
