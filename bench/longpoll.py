@@ -15,6 +15,9 @@ agent is what auth and metrics cost.
 
 Needs DOCKER_HOST and the test image (bin/test provisions both): `python bench/longpoll.py`.
 Tunables: BENCH_CLIENTS (1000), BENCH_SECONDS (30), BENCH_JOBS_PER_S (4, ~3 events each).
+BENCH_PROFILE=DIR records the plain agent's run with py-spy (`pip install py-spy`): a flame
+graph DIR/longpoll-agent.svg and the collapsed stacks DIR/longpoll-agent.txt (bench/profile_top.py
+sums them into the functions that cost most).
 """
 from gevent import monkey
 
@@ -168,6 +171,9 @@ def run_agent_side(secure: bool) -> dict:
     agent = AgentProcess(f"benchpoll{os.getpid()}{'s' if secure else ''}", args=args,
                          token_file=token_file).start()
     auth = {"Authorization": f"Bearer {token}"} if token else {}
+    profiler = None
+    if os.environ.get("BENCH_PROFILE") and not secure:
+        profiler = start_profiler(agent.proc.pid, os.environ["BENCH_PROFILE"], "longpoll-agent")
     body = simplejson.dumps({"config": {"image": os.environ.get("BENCH_IMAGE", TEST_IMAGE),
                                         "cmd": ["true"]}})
 
@@ -202,8 +208,27 @@ def run_agent_side(secure: bool) -> dict:
     try:
         return measure(agent.port, generate, "secure" if secure else "agent", token)
     finally:
+        stop_profiler(profiler)
         agent.cleanup()
         remove_host_containers(runtime, agent.host_id)
+
+
+def start_profiler(pid: int, directory: str, name: str) -> list:
+    """py-spy recording `pid` (its greenlets' stacks, idle included) until stop_profiler()."""
+    os.makedirs(directory, exist_ok=True)
+    base = os.path.join(directory, name)
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")  # installed in the venv
+    py_spy = beside if os.path.exists(beside) else "py-spy"
+    return [subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "200",
+                              "--format", fmt, "--output", f"{base}.{ext}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for fmt, ext in (("flamegraph", "svg"), ("raw", "txt"))]
+
+
+def stop_profiler(profilers):
+    for proc in profilers or ():
+        proc.send_signal(__import__("signal").SIGINT)  # py-spy writes its output on SIGINT
+        proc.wait(timeout=60)
 
 
 # ---- the baseline server: the same protocol with nothing behind it ------------------------------

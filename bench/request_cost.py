@@ -7,7 +7,10 @@ token and /metrics); the same requests are sent to each in alternating batches, 
 microseconds per request are printed with the ratio secure / plain. Then the same over HTTP:
 two agent processes (the real engine: DOCKER_HOST and the test image, as bin/test provisions),
 20 kept-alive clients each sending `GET /host/events?since=0` in alternating rounds.
-`python bench/request_cost.py` (BENCH_REQUESTS, default 20000 per side).
+Last, what host.server's handler saves against gevent's stock pywsgi handler, both serving the
+same tiny WSGI app in this process (its lean header parsing, and the headers and a small body in
+one send instead of two). `python bench/request_cost.py` (BENCH_REQUESTS, default 20000 per
+side).
 """
 from gevent import monkey
 
@@ -132,6 +135,56 @@ def over_http():
           f"us   ratio {secure / plain:4.2f}x  (20 clients, 8 rounds of 3000)")
 
 
+def handlers():
+    import gevent
+    from gevent.pywsgi import WSGIServer
+    from host.server import listen_socket, wsgi_server
+    body = b'{"events": [], "cursor": 0}'
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+    stock = WSGIServer(listen_socket("127.0.0.1", 0), app, log=None)  # TCP_NODELAY too
+    stock.start()
+    ours = wsgi_server(app, "127.0.0.1", 0)
+    ports = {"stock": stock.server_port, "ours": ours.server_port}
+    request = (b"GET /host/events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"User-Agent: bench\r\nAccept: */*\r\n\r\n")
+    timings = {"stock": [], "ours": []}
+    try:
+        for n in range(8):
+            for side in (("stock", "ours") if n % 2 == 0 else ("ours", "stock")):
+                started = time.perf_counter()
+                gevent.joinall([gevent.spawn(_client, ports[side], request, 150)
+                                for _ in range(20)], raise_error=True)
+                timings[side].append((time.perf_counter() - started) / 3000 * 1e6)
+    finally:
+        stock.stop(timeout=1)
+        ours.stop(timeout=1)
+    base, lean = (statistics.median(timings[s]) for s in ("stock", "ours"))
+    print(f"  {'handler, the same tiny app':<30} stock {base:6.1f} us   ours {lean:6.1f} us   "
+          f"ratio {lean / base:4.2f}x  (pywsgi's handler vs host.server's)")
+
+
+def _client(port: int, request: bytes, count: int):
+    import socket
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = b""
+        for _ in range(count):
+            sock.sendall(request)
+            while True:
+                data += sock.recv(65536)
+                head, found, rest = data.partition(b"\r\n\r\n")
+                if found:
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(rest) >= length:
+                        data = rest[length:]
+                        break
+
+
 if __name__ == "__main__":
     main()
     over_http()
+    handlers()
