@@ -276,7 +276,7 @@ class InProcessAgent:
     def __init__(self, runtime, flags=(), clock=None, state_dir=None, token=None):
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="flynn-inproc-")
         argv = ["-id", "inproc", "-state-dir", self.state_dir, "-external", "127.0.0.1",
-                "-memory-mb", "1000", "-cpu-shares", "1024", "-ports", "40000-40099", *flags]
+                "-memory-mb", "1000", "-cpu-shares", "1024", "-ports", "30000-30099", *flags]
         self.config = load_config(argv, environ={})
         self.agent = Agent(self.config, runtime, clock)
         self.agent.start()

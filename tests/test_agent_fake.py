@@ -268,7 +268,7 @@ class SlowPingRuntime(FakeRuntime):
 
 
 class ConcurrentRequestTest(FakeAgentTestCase):
-    flags = ("-ports", "40000-40001")
+    flags = ("-ports", "30000-30001")
 
     def setUp(self):
         self.runtime = SlowPingRuntime()
