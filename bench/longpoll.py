@@ -5,8 +5,9 @@ placed at a steady rate so the agent publishes >= 10 events/s for the run. For e
 client receives: latency = receipt time - the event's own `time`; each client checks that it saw
 every cursor exactly once (missed = gaps). Reported: p50/p99/max latency and missed events.
 
-Baseline, run right after on the same machine with the same clients: a bare gevent pywsgi server
-answering the same protocol from an in-memory list, fed at the same event rate, while a separate
+Baseline, run right after on the same machine with the same clients: the agent's own server
+(host.server's handler) answering the same protocol from an in-memory list, publishing only once
+every client is connected as the agent side does, fed at the same event rate, while a separate
 process starts containers at the agent side's rate (the engine's CPU load is the same on both
 sides). The ratio shows what the agent's stack adds to the floor of the server itself. The agent
 runs with neither a token nor metrics (`-metrics=false`); then the same run against an agent
@@ -234,13 +235,21 @@ def stop_profiler(profilers):
 # ---- the baseline server: the same protocol with nothing behind it ------------------------------
 
 def baseline_server(port: int, rate: float):
-    from gevent.pywsgi import WSGIServer
+    """The same protocol from an in-memory list, served by the agent's own server (host.server:
+    the same lean header parsing, one send an answer), so that the ratio is what the agent's
+    application adds. It publishes only once told to (GET /start), as the agent side publishes
+    only once every client is connected: events during the connect storm would inflate its
+    latencies."""
     from urllib.parse import parse_qs
 
-    from host.server import listen_socket
-    events, changed = [], [gevent.event.Event()]
+    from host.server import wsgi_server
+    events, changed, publishing = [], [gevent.event.Event()], gevent.event.Event()
 
     def app(environ, start_response):
+        if environ["PATH_INFO"] == "/start":
+            publishing.set()
+            start_response("204 No Content", [])
+            return []
         query = parse_qs(environ.get("QUERY_STRING", ""))
         since = int(query.get("since", [len(events)])[0])
         wait = float(query.get("wait", ["0"])[0])
@@ -253,6 +262,7 @@ def baseline_server(port: int, rate: float):
         return [body.encode()]
 
     def generate():
+        publishing.wait()
         started, n = time.monotonic(), 0
         while True:
             n += 1
@@ -262,8 +272,7 @@ def baseline_server(port: int, rate: float):
             old.set()
             gevent.sleep(max(0.0, started + n / rate - time.monotonic()))
 
-    server = WSGIServer(listen_socket("127.0.0.1", port), app, log=None)
-    server.start()
+    wsgi_server(app, "127.0.0.1", port)  # started; served until this process is killed
     gevent.spawn(generate)
     print(len(events), flush=True)
     gevent.wait()
@@ -300,6 +309,9 @@ def run_baseline_side(rate: float) -> dict:
     churn = []
 
     def generate():
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        conn.request("GET", "/start")  # every client is connected now
+        conn.getresponse().read()
         churn.append(subprocess.Popen([sys.executable, __file__, "--churn", str(JOBS_PER_S),
                                        str(SECONDS)]))
         gevent.sleep(SECONDS)
@@ -328,7 +340,7 @@ def main():
     print(f"  agent     p50 {agent['p50_ms']:6.1f} ms  p99 {agent['p99_ms']:6.1f} ms  "
           f"missed {agent['missed']}  (targets: p99 <= 100 ms, 0 missed)")
     print(f"  baseline  p50 {baseline['p50_ms']:6.1f} ms  p99 {baseline['p99_ms']:6.1f} ms  "
-          f"missed {baseline['missed']}  (bare pywsgi, same clients and rate)")
+          f"missed {baseline['missed']}  (our server, no agent behind it; same clients, rate)")
     print(f"  ratio     p50 {agent['p50_ms'] / baseline['p50_ms']:.2f}x  "
           f"p99 {agent['p99_ms'] / baseline['p99_ms']:.2f}x")
     print(f"  secure    p50 {secure['p50_ms']:6.1f} ms  p99 {secure['p99_ms']:6.1f} ms  "
