@@ -86,7 +86,6 @@ def main():
 
 def over_http():
     import gevent
-    import socket
     from tests.support import AgentProcess, remove_host_containers, require_docker
     runtime = require_docker()
     token_file = os.path.join(tempfile.mkdtemp(), "token")
@@ -98,26 +97,11 @@ def over_http():
                                      token_file=token_file).start()}
     auth = {"plain": b"", "secure": f"Authorization: Bearer {TOKEN}\r\n".encode()}
 
-    def client(port: int, request: bytes, count: int):
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            data = b""
-            for _ in range(count):
-                sock.sendall(request)
-                while True:
-                    data += sock.recv(65536)
-                    head, found, rest = data.partition(b"\r\n\r\n")
-                    if found:
-                        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                        if len(rest) >= length:
-                            data = rest[length:]
-                            break
-
     def round_of(side: str, requests: int = 3000, clients: int = 20) -> float:
         request = (b"GET /host/events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth[side] +
                    b"\r\n")
         started = time.perf_counter()
-        gevent.joinall([gevent.spawn(client, agents[side].port, request, requests // clients)
+        gevent.joinall([gevent.spawn(_client, agents[side].port, request, requests // clients)
                         for _ in range(clients)], raise_error=True)
         return (time.perf_counter() - started) / requests * 1e6
 

@@ -118,7 +118,7 @@ def _translate(what: str, e: Exception) -> EtcdUnavailable:
     """Any failure of a request to etcd, as the one error every caller retries."""
     if isinstance(e, _UNREACHABLE):
         return EtcdUnavailable(f"{what}: etcd is unreachable ({e})")
-    code = (getattr(e, "payload", None) or {}).get("errorCode")
+    code = _error_code(e)
     answered = f"error {code}: {e}" if code is not None else f"{type(e).__name__}: {e}"
     return EtcdUnavailable(f"{what}: etcd answered {answered}")
 
@@ -127,8 +127,13 @@ def _error_kind(e: Exception) -> str:
     """A failure's kind, as /metrics labels it: unreachable, or the etcd error code answered."""
     if isinstance(e, _UNREACHABLE):
         return "unreachable"
-    code = (getattr(e, "payload", None) or {}).get("errorCode")
+    code = _error_code(e)
     return f"code_{code}" if code is not None else "other"
+
+
+def _error_code(e: Exception):
+    """The error code etcd answered with (python-etcd keeps its answer as `payload`), or None."""
+    return (getattr(e, "payload", None) or {}).get("errorCode")
 
 
 @dataclass(frozen=True)
