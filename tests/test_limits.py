@@ -52,7 +52,9 @@ class WaitsPerClientTest(unittest.TestCase):
     def test_a_client_holds_at_most_its_share_of_waits(self):
         polls = [gevent.spawn(self.client.get, "/host/events", params={"wait": 30})
                  for _ in range(2)]
-        stream = self.client.get("/host/events", params={"stream": "true"}, stream=True)
+        # its answer starts at once, before any event or keep-alive line (15 s)
+        stream = self.client.get("/host/events", params={"stream": "true"}, stream=True,
+                                 timeout=5)
         wait_until(lambda: sum(self.waiters.by_kind.values()) == 3, 5, "three waits held")
         self.assertEqual(dict(self.waiters.by_kind), {"longpoll": 2, "stream": 1,
                                                       "log_follow": 0, "attach": 0})
@@ -136,6 +138,19 @@ class SlowClientsTest(unittest.TestCase):
         ok = requests.get(f"http://127.0.0.1:{self.port}/host/status", timeout=5,
                           headers={f"H{n}": "v" for n in range(4)})
         self.assertEqual(ok.status_code, 200)
+
+
+class StopTest(unittest.TestCase):
+    def test_a_stop_closes_idle_connections_at_once(self):
+        host = InProcessAgent(FakeRuntime())
+        with connect(host.server.server_port) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            self.assertTrue(read_answer(sock).startswith(b"HTTP/1.1 200"))
+            started = time.monotonic()
+            host.server.stop(timeout=5)  # kept alive, idle: not a request in flight
+            self.assertLess(time.monotonic() - started, 4)
+            self.assertEqual(sock.recv(100), b"")
+        host.close()
 
 
 class ConnectionCapTest(unittest.TestCase):

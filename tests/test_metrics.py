@@ -55,6 +55,20 @@ class MetricsOnTheFakeEngineTest(unittest.TestCase):
         self.assertNotIn(("flynn_host_is_leader", ()), samples)  # no cluster without etcd
 
 
+class MetricsOffTest(unittest.TestCase):
+    def test_without_metrics_the_route_is_not_there_and_nothing_is_counted(self):
+        host = InProcessAgent(FakeRuntime(), flags=["-metrics=false"])
+        try:
+            self.assertEqual(host.client.get("/host/status").status_code, 200)
+            answer = host.client.get("/metrics")
+            self.assertEqual(answer.status_code, 404)
+            self.assertEqual(answer.json()["code"], "not_found")
+            self.assertEqual(host.server.application.answered, {})
+            self.assertIn("X-Request-Id", answer.headers)
+        finally:
+            host.close()
+
+
 class MetricsOfAClusterAgentTest(unittest.TestCase):
     def test_a_real_agent_in_a_cluster(self):
         from tests.test_cluster import require_etcd
