@@ -5,7 +5,14 @@ cluster's cursors come from etcd's index (see host.cluster.view), so they increa
 mean the same on every agent, and a client keeps its cursor across a change of leader.
 The log keeps the last `capacity` events; a client whose cursor is older than that gets
 CursorExpired (it must re-list state). Waiters sleep on one gevent Event that is swapped and set
-on every append, so a long-poll wakes within milliseconds without any polling loop.
+on every publication, so a long-poll wakes within milliseconds without any polling loop.
+
+A host's events are written to disk after the change they announce (host.store_writer commits in
+a worker thread), so an event is first held *pending* and published only once durable: no client
+ever sees a cursor that a crash before the commit would hand out again. `last_cursor` is the
+newest published one. A reader that finds nothing while events are pending waits for them a
+moment past its own `wait` (a commit takes milliseconds): a client that saw a job's new state
+then reads the events finds the event announcing it.
 """
 from __future__ import annotations
 
@@ -19,6 +26,9 @@ import simplejson
 from host.errors import CursorExpired, ValidationError
 from host.types import Event
 
+#: longest a read waits past its own `wait` for pending events to become durable
+PENDING_GRACE_S = 1.0
+
 
 class EventLog:
     def __init__(self, capacity: int, last_cursor: int = 0, backlog: Iterable[Event] = ()):
@@ -28,8 +38,10 @@ class EventLog:
         self._cursors: list = []    # ascending
         self._entries: list = []    # (Event, json text), parallel to _cursors
         self._floor = last_cursor   # history at or below this cursor is not held
-        self._last = last_cursor
+        self._last = last_cursor    # the newest held, pending included
+        self._durable = last_cursor  # the newest published: every cursor up to it is durable
         self._changed = gevent.event.Event()
+        self._pages: dict = {}      # (since, cursor) -> a long-poll answer's bytes, see page()
         self.appended = 0           # events appended since this log was made (for /metrics)
         backlog = list(backlog)
         if backlog:
@@ -39,19 +51,26 @@ class EventLog:
                 self._store(event)
             if self._last != last_cursor:
                 raise ValueError("backlog does not end at last_cursor")
+            self._durable = self._last
 
     @property
     def last_cursor(self) -> int:
-        return self._last
+        """The newest published cursor."""
+        return self._durable
 
     @property
     def next_cursor(self) -> int:
+        """The cursor the next event takes (above the pending ones)."""
         return self._last + 1
+
+    @property
+    def pending(self) -> int:
+        return self._last - self._durable
 
     @property
     def oldest_cursor(self) -> int:
         """The oldest cursor still held (last+1 when empty)."""
-        return self._cursors[0] if self._cursors else self._last + 1
+        return self._cursors[0] if self._cursors else self._durable + 1
 
     def _store(self, event: Event):
         if event.cursor <= self._last:
@@ -59,17 +78,41 @@ class EventLog:
         self._cursors.append(event.cursor)
         self._entries.append((event, simplejson.dumps(event.to_dict())))
         self._last = event.cursor
+        self._trim()
+
+    def _trim(self):
+        """Drop the oldest beyond capacity, in batches rather than on every append, and never
+        an event still pending."""
         excess = len(self._cursors) - self.capacity
-        if excess >= max(1, self.capacity // 8):  # trim in batches, not on every append
+        if excess < max(1, self.capacity // 8):
+            return
+        excess = min(excess, bisect.bisect_right(self._cursors, self._durable))
+        if excess > 0:
             self._floor = self._cursors[excess - 1]
             del self._cursors[:excess]
             del self._entries[:excess]
 
     def append(self, event: Event):
-        """Add the event (its cursor above every earlier one) and wake every waiter."""
+        """Add the event (its cursor above every earlier one), published at once, and wake every
+        waiter."""
         self._store(event)
         self.appended += 1
+        self._durable = event.cursor
         self._wake()
+
+    def append_pending(self, event: Event):
+        """Add the event, held back until publish(its cursor)."""
+        self._store(event)
+
+    def publish(self, cursor: int):
+        """Every event up to `cursor` is durable: readers see them now. (Pending events are a
+        host's, whose cursors are contiguous.)"""
+        cursor = min(cursor, self._last)
+        if cursor > self._durable:
+            self.appended += cursor - self._durable
+            self._durable = cursor
+            self._trim()
+            self._wake()
 
     def restart_at(self, cursor: int):
         """Forget everything: history before `cursor` is gone (a cluster view that read
@@ -77,27 +120,43 @@ class EventLog:
         if cursor < self._last:
             raise ValueError(f"cursor {cursor} is below {self._last}")
         self._cursors, self._entries = [], []
-        self._floor = self._last = cursor
+        self._floor = self._last = self._durable = cursor
         self._wake()
 
     def _wake(self):
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
+        self._pages.clear()  # the pages of the cursor before are asked for no more
+
+    def shared(self, key: tuple, build: Callable[[], bytes]) -> bytes:
+        """An answer made of the events published so far, built once for every reader that asks
+        for the same `key` (e.g. (kind, since, cursor)) until the next publication. One
+        publication wakes every waiter, and they mostly ask from the same cursor: each answer
+        is joined and encoded once and shared by all of them."""
+        body = self._pages.get(key)
+        if body is None:
+            body = build()
+            if len(self._pages) < 64:  # a wake-up clears it; clients far behind are few
+                self._pages[key] = body
+        return body
 
     def check_cursor(self, since: int):
-        if since > self._last:
+        if since > self._durable:
             raise ValidationError(f"since: cursor {since} is ahead of the newest event "
-                                  f"({self._last})")
+                                  f"({self._durable})")
         if since < self._floor:
             raise CursorExpired(f"since: cursor {since} is older than the retained events "
                                 f"(oldest {self.oldest_cursor}); list the current state, then "
-                                f"follow from cursor {self._last}",
-                                earliest=self._floor, cursor=self._last)
+                                f"follow from cursor {self._durable}",
+                                earliest=self._floor, cursor=self._durable)
 
     def since(self, since: int) -> list:
-        """[(Event, json text)] for every event with a cursor above `since`."""
+        """[(Event, json text)] for every published event with a cursor above `since`."""
         self.check_cursor(since)
-        return self._entries[bisect.bisect_right(self._cursors, since):]
+        start = bisect.bisect_right(self._cursors, since)
+        if self._last == self._durable:
+            return self._entries[start:]
+        return self._entries[start:bisect.bisect_right(self._cursors, self._durable)]
 
     def wait(self, since: int, timeout: float,
              match: Optional[Callable[[Event], bool]] = None) -> tuple:
@@ -105,13 +164,14 @@ class EventLog:
         one. Returns ([(Event, json)], cursor) where cursor is the newest cursor examined: the
         client's next `since`, even when a filter dropped everything."""
         deadline = time.monotonic() + timeout
+        grace = deadline + PENDING_GRACE_S
         while True:
             changed = self._changed  # taken before reading, so no append can slip between
             found = self.since(since)
-            since = self._last
+            since = self._durable
             if match is not None:
                 found = [item for item in found if match(item[0])]
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
+            now = time.monotonic()
+            if found or now >= (grace if self._last > self._durable else deadline):
                 return found, since
-            changed.wait(remaining)
+            changed.wait((grace if self._last > self._durable else deadline) - now)

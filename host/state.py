@@ -1,7 +1,10 @@
 """The local job table: the one place a job's state changes.
 
 Every change goes through one method that checks the transition is allowed, persists the job and
-its event in one transaction, and only then publishes the event to waiting clients.
+its event in one transaction, and only then publishes the event to waiting clients. The store
+commits in a worker thread (group commit): a change is made in memory and queued for the disk in
+one step, without yielding, and its event is held pending until the commit, then published
+(host.events).
 """
 from __future__ import annotations
 
@@ -166,5 +169,10 @@ class JobTable:
         event = Event(cursor=self.events.next_cursor, type="job", event=EVENT_FOR_STATE[job.status],
                       host_id=self.host_id, job_id=job.id, job=event_job(job),
                       time=self._clock.now_text())
-        self._store.save(self._seq[job.id], stored, event.to_dict())
-        self.events.append(event)
+        self.events.append_pending(event)
+        self._store.save(self._seq[job.id], stored, event.to_dict(),
+                         on_commit=lambda: self.events.publish(event.cursor))
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every change so far is durable (and its event published)."""
+        return self._store.flush(timeout)

@@ -3,7 +3,8 @@ the state dir itself (stdlib sqlite3).
 
 A job's new state and the event announcing it are written in one transaction, so after a crash the
 table and the event log agree, and event cursors keep increasing across restarts.
-SQLite calls do not yield to other greenlets; they are short local writes (WAL, synchronous=NORMAL).
+Writes go through a GroupCommitWriter (host.store_writer): they run in a worker thread, several
+at a time in one transaction, so the serving loop never waits on the disk (WAL, synchronous=NORMAL).
 The file holds every job's environment: it is created readable by its owner only.
 """
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import simplejson
 
+from host.store_writer import GroupCommitWriter
 from host.types import Event, active_job_from_dict
 
 SCHEMA = """
@@ -49,7 +51,7 @@ class Store:
         """Open (or create) the store at `path`. Raises StoreDamaged."""
         self.path = path
         self.events_kept = events_kept
-        self._writes = 0
+        self._events_written = 0
         try:
             _create_private(path)
         except OSError as e:  # e.g. a directory where the file should be
@@ -71,6 +73,7 @@ class Store:
             raise StoreDamaged("; ".join(problems[:3]))
         for companion in (path + "-wal", path + "-shm"):
             _tighten(companion)
+        self.writer = GroupCommitWriter(self._db)
 
     def load(self) -> Snapshot:
         """Everything in the store, checked. Raises StoreDamaged when anything does not read."""
@@ -86,31 +89,35 @@ class Store:
         return Snapshot(jobs, events, meta)
 
     def set_meta(self, key: str, value: str):
-        with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             (key, value))
+        """Written before this returns (the state dir's facts are set at start-up)."""
+        self.writer.write([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            (key, value))])
 
-    def save(self, seq: int, job: dict, event: Optional[dict] = None):
-        """Write one job (and the event about it) atomically. `seq` orders jobs by creation."""
-        with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO jobs (id, seq, data) VALUES (?, ?, ?)",
-                             (job["job"]["id"], seq, simplejson.dumps(job)))
-            if event is not None:
-                self._db.execute("INSERT INTO events (cursor, data) VALUES (?, ?)",
-                                 (event["cursor"], simplejson.dumps(event)))
-                self._writes += 1
-                if self._writes % 500 == 0:  # trim now and then, not on every write
-                    self._db.execute("DELETE FROM events WHERE cursor <= ?",
-                                     (event["cursor"] - self.events_kept,))
+    def save(self, seq: int, job: dict, event: Optional[dict] = None,
+             on_commit: Optional[Callable[[], None]] = None):
+        """Queue one job (and the event about it) for an atomic write; `seq` orders jobs by
+        creation. Returns at once; `on_commit` runs once it is durable, in the order of the
+        saves."""
+        statements = [("INSERT OR REPLACE INTO jobs (id, seq, data) VALUES (?, ?, ?)",
+                       (job["job"]["id"], seq, simplejson.dumps(job)))]
+        if event is not None:
+            statements.append(("INSERT INTO events (cursor, data) VALUES (?, ?)",
+                               (event["cursor"], simplejson.dumps(event))))
+            self._events_written += 1
+            if self._events_written % 500 == 0:  # trim now and then, not on every write
+                statements.append(("DELETE FROM events WHERE cursor <= ?",
+                                   (event["cursor"] - self.events_kept,)))
+        self.writer.submit(statements, on_commit)
 
     def delete_job(self, job_id: str):
-        with self._transaction():
-            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self.writer.submit([("DELETE FROM jobs WHERE id = ?", (job_id,))])
 
-    def _transaction(self):
-        return _Transaction(self._db)
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every write queued so far is durable."""
+        return self.writer.flush(timeout)
 
     def close(self):
+        self.writer.close()
         self._db.close()
 
 
@@ -128,14 +135,3 @@ def _tighten(path: str):
     except FileNotFoundError:
         pass
 
-
-class _Transaction:
-    def __init__(self, db):
-        self._db = db
-
-    def __enter__(self):
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, value, tb):
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
-        return False

@@ -3,6 +3,7 @@ import time
 import unittest
 
 import gevent
+import simplejson
 
 from host.errors import CursorExpired, ValidationError
 from host.events import EventLog
@@ -103,3 +104,53 @@ class EventLogTest(unittest.TestCase):
         gevent.joinall(waiters, timeout=5)
         self.assertTrue(all(w.successful() for w in waiters))
         self.assertTrue(all(w.value[1] == 1 and len(w.value[0]) == 1 for w in waiters))
+
+class PendingAndSharedTest(unittest.TestCase):
+    """A host's events are held until durable, and one answer is shared by the readers that
+    ask from the same cursor."""
+
+    def test_pending_events_are_not_read_until_published(self):
+        log = EventLog(capacity=10)
+        log.append_pending(event(1))
+        log.append_pending(event(2))
+        self.assertEqual((log.last_cursor, log.next_cursor, log.pending), (0, 3, 2))
+        self.assertEqual(log.since(0), [])
+        with self.assertRaises(ValidationError):
+            log.check_cursor(1)  # a cursor nobody could have been given
+        log.publish(1)
+        self.assertEqual([e.cursor for e, _ in log.since(0)], [1])
+        log.publish(2)
+        self.assertEqual([e.cursor for e, _ in log.since(0)], [1, 2])
+        self.assertEqual(log.appended, 2)
+
+    def test_trimming_never_drops_a_pending_event(self):
+        log = EventLog(capacity=2)
+        for c in range(1, 6):
+            log.append_pending(event(c))
+        log.publish(1)  # over capacity: the published one may go, the pending ones stay
+        log.publish(5)
+        self.assertEqual([e.cursor for e, _ in log.since(3)], [4, 5])
+        with self.assertRaises(CursorExpired):
+            log.since(2)  # and the window is the capacity again
+
+    def test_readers_from_one_cursor_share_one_answer(self):
+        from host.api.events import events_response
+        from host.api.waiters import Waiters
+        log = EventLog(capacity=10)
+        waiters = Waiters(100)
+        environ = {"REMOTE_ADDR": "127.0.0.1"}
+        asks = [gevent.spawn(events_response, log, {"since": "0", "wait": "5"}, environ, waiters)
+                for _ in range(3)]
+        gevent.sleep(0.01)
+        log.append(event(1, "a"))
+        log.append(event(2, "b"))
+        answers = [a.get(timeout=5)[2] for a in asks]
+        self.assertTrue(answers[0] is answers[1] is answers[2])
+        self.assertEqual([e["cursor"] for e in simplejson.loads(answers[0])["events"]],
+                         [1, 2])
+        _, _, filtered = events_response(log, {"since": "0", "job_id": "b"}, environ, waiters)
+        self.assertEqual(simplejson.loads(filtered)["events"][0]["job_id"], "b")
+        # a new publication: a new answer, not the one shared before it
+        log.append(event(3, "a"))
+        _, _, after = events_response(log, {"since": "0"}, environ, waiters)
+        self.assertEqual(len(simplejson.loads(after)["events"]), 3)

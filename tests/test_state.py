@@ -40,6 +40,7 @@ class JobTableTest(unittest.TestCase):
         active = self.table.add(job("a"), (PortBinding(49152, 49152, "tcp"),))
         self.assertEqual(active.status, STARTING)
         self.assertEqual(active.created_at, "2026-01-01T00:00:00.000000Z")
+        self.table.flush()
         (event, text), = self.table.events.since(0)
         self.assertEqual((event.cursor, event.event, event.job_id), (1, "create", "a"))
         self.assertIn('"status": "starting"', text)
@@ -52,6 +53,7 @@ class JobTableTest(unittest.TestCase):
         self.assertFalse(self.table.transition("a", RUNNING))
         self.assertEqual(self.table.get("a").status, DONE)
         self.assertEqual(self.table.get("a").exit_status, 0)
+        self.table.flush()
         self.assertEqual([e.event for e, _ in self.table.events.since(0)],
                          ["create", "start", "stop"])
 
@@ -83,6 +85,7 @@ class JobTableTest(unittest.TestCase):
         self.assertEqual(table.events.last_cursor, 2)
         self.assertEqual([e.cursor for e, _ in table.events.since(0)], [1, 2])
         table.add(job("b"))
+        table.flush()
         self.assertEqual(table.events.last_cursor, 3)
         self.assertEqual([j.id for j in table.list()], ["b", "a"])
 

@@ -33,6 +33,7 @@ class StateDirTestCase(unittest.TestCase):
         local, table = open_table(self.dir)
         for n in range(jobs):
             table.add(parse_job({"config": {"image": "busybox"}}, f"j{n}"))
+        table.flush()
         last = table.events.last_cursor
         local.close()
         return last
@@ -120,6 +121,7 @@ class DamagedTableTest(StateDirTestCase):
             self.assertEqual(len(rebuilt), 1, logged.output)
             # and it works: new jobs are recorded and survive a restart
             table.add(parse_job({"config": {"image": "busybox"}}, "after"))
+            table.flush()
             after = table.events.last_cursor
         finally:
             local.close()

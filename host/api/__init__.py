@@ -113,7 +113,9 @@ class AgentApp(bottle.Bottle):
             status, content_type, body = error.status, JSON_TYPE, simplejson.dumps(error.to_dict())
         headers = [("Content-Type", content_type)]
         if isinstance(body, str):
-            body = [body.encode()]
+            body = body.encode()
+        if isinstance(body, bytes):
+            body = [body]
             headers.append(("Content-Length", str(len(body[0]))))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return body

@@ -18,7 +18,7 @@ NDJSON_TYPE = "application/x-ndjson"
 
 
 def events_response(log: EventLog, query, environ, waiters: Waiters) -> tuple:
-    """(status, content type, body) for a query mapping of name -> value. The body is text for a
+    """(status, content type, body) for a query mapping of name -> value. The body is bytes for a
     long-poll, an iterator of bytes for a stream. Raises FlynnError for bad parameters, and
     TooManyRequests when the client holds as many waits as it may."""
     since = int_param(query, "since", None, 0, 1 << 62)
@@ -36,9 +36,12 @@ def events_response(log: EventLog, query, environ, waiters: Waiters) -> tuple:
             found, cursor = log.wait(since, wait, match)
     else:
         found, cursor = log.wait(since, wait, match)
-    # events are serialized once, when published; a response only joins them
-    return 200, JSON_TYPE, '{"events": [%s], "cursor": %d}' % (",".join(j for _, j in found),
-                                                               cursor)
+    # events are serialized once, when published; an answer only joins them, and the answers
+    # without a filter are joined once for every waiter that asked from the same cursor
+    def page() -> bytes:
+        return ('{"events": [%s], "cursor": %d}' % (",".join(j for _, j in found),
+                                                     cursor)).encode()
+    return 200, JSON_TYPE, log.shared(("page", since, cursor), page) if match is None else page()
 
 
 def _stream(log: EventLog, since: int, match):
@@ -49,8 +52,16 @@ def _stream(log: EventLog, since: int, match):
     yield b"\n"  # at once: the answer's headers go out now, not with the first event
     while True:
         try:
+            before = cursor
             found, cursor = log.wait(cursor, STREAM_KEEPALIVE_S, match)
         except errors.CursorExpired as e:
             yield (simplejson.dumps({"error": e.to_dict()}) + "\n").encode()
             return
-        yield ("".join(j + "\n" for _, j in found) or "\n").encode()
+        if match is None:
+            yield log.shared(("lines", before, cursor), lambda found=found: _lines(found))
+        else:
+            yield _lines(found)
+
+
+def _lines(found: list) -> bytes:
+    return ("".join(j + "\n" for _, j in found) or "\n").encode()
