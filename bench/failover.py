@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gevent  # noqa: E402
 
+from bench.report import target  # noqa: E402
 from host.discovery.etcd import EtcdDiscovery  # noqa: E402
 from tests.support import AgentProcess  # noqa: E402
 
@@ -142,6 +143,8 @@ def main():
     print(f"  SIGKILL  {kill:5.2f}s  (target <= {TTL + 1}s)  bare etcd expiry {floor:5.2f}s  "
           f"ratio {kill / floor:4.2f}x")
     print(f"  SIGTERM  {stop:5.2f}s  (target < 1s)")
+    target("failover after SIGKILL", kill, f"<= {TTL + 1} s", kill <= TTL + 1, " s")
+    target("failover after SIGTERM", stop, "< 1 s", stop < 1, " s")
 
 
 if __name__ == "__main__":
