@@ -102,12 +102,16 @@ def main():
     api = runtime._client()
     raw_host = f"benchraw{os.getpid()}"
     args = ["-log-level", "info", "-cpu-shares", "1000000", "-memory-mb", "1000000"]
-    agent = AgentProcess(f"benchagent{os.getpid()}", args=args + ["-metrics=false"]).start()
+    # each agent its own port range, below the kernel's ephemeral ports: two agents on one
+    # machine would otherwise both see a port free and race for it at the engine
+    agent = AgentProcess(f"benchagent{os.getpid()}",
+                         args=args + ["-metrics=false", "-ports", "20000-22999"]).start()
     token_dir = tempfile.mkdtemp()
     token_file = os.path.join(token_dir, "token")
     with open(token_file, "w") as f:
         f.write("bench-token-0123456789abcdef\n")
-    secure = AgentProcess(f"benchsecure{os.getpid()}", args=args, token_file=token_file).start()
+    secure = AgentProcess(f"benchsecure{os.getpid()}", args=args + ["-ports", "23000-25999"],
+                          token_file=token_file).start()
     agents = {"agent": agent, "secure": secure}
     results = {}
     try:

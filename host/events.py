@@ -10,9 +10,9 @@ on every publication, so a long-poll wakes within milliseconds without any polli
 A host's events are written to disk after the change they announce (host.store_writer commits in
 a worker thread), so an event is first held *pending* and published only once durable: no client
 ever sees a cursor that a crash before the commit would hand out again. `last_cursor` is the
-newest published one. A reader that finds nothing while events are pending waits for them a
-moment past its own `wait` (a commit takes milliseconds): a client that saw a job's new state
-then reads the events finds the event announcing it.
+newest published one. A read first waits for the events pending when it began to be published
+(a commit takes milliseconds), even with `wait=0`: a client that saw a job's new state, in an
+answer or a listing, then reads the events finds the event announcing it.
 """
 from __future__ import annotations
 
@@ -164,14 +164,20 @@ class EventLog:
         one. Returns ([(Event, json)], cursor) where cursor is the newest cursor examined: the
         client's next `since`, even when a filter dropped everything."""
         deadline = time.monotonic() + timeout
-        grace = deadline + PENDING_GRACE_S
+        # read your writes: what is pending now is published before this answers (a commit
+        # takes milliseconds; a disk that hangs holds a read no longer than the grace)
+        settled, grace = self._last, time.monotonic() + PENDING_GRACE_S
         while True:
             changed = self._changed  # taken before reading, so no append can slip between
+            now = time.monotonic()
+            if self._durable < settled and now < grace:
+                changed.wait(grace - now)
+                continue
             found = self.since(since)
             since = self._durable
             if match is not None:
                 found = [item for item in found if match(item[0])]
-            now = time.monotonic()
-            if found or now >= (grace if self._last > self._durable else deadline):
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
                 return found, since
-            changed.wait((grace if self._last > self._durable else deadline) - now)
+            changed.wait(remaining)

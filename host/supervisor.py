@@ -236,9 +236,23 @@ class JobSupervisor:
             return  # the created container goes with the job's retention
         self.runtime.start(active.container_id)
         log.debug("job %s: started container %s", job_id, active.container_id[:12])
+        self._look_after_start(job_id, active.container_id)
         slot = self._attach_slots.get(job_id)
         if slot is not None and slot.size and active.job.config.tty:
             self.size_terminal(active.container_id, slot.size)
+
+    def _look_after_start(self, job_id: str, container_id: str):
+        """The container's state as soon as the engine says it started: the job is `running`
+        one inspect after the start, instead of after Docker's event has come round the event
+        stream (which then finds nothing to do). Anything odd is left to that stream."""
+        try:
+            state = self.runtime.inspect(container_id)
+        except errors.FlynnError as e:
+            log.debug("job %s: inspect after start: %s (left to Docker's events)", job_id, e)
+            return
+        job = self.table.find(job_id)
+        if job is not None and not job.is_final and job.container_id == container_id:
+            self._apply_container_state(job_id, state)
 
     def _pull(self, image: str):
         """Pull `image`; jobs that want one image at once share one pull (its error too)."""
@@ -397,6 +411,9 @@ class JobSupervisor:
             return  # an older container of a job id that was reused
         if event.action not in ("start", "die", "destroy"):
             return
+        if event.action == "start" and job.status == RUNNING and job.container_id == \
+                event.container_id:
+            return  # known already: looked at right after the start
         log.debug("job %s: Docker event %s", job_id, event.action)
         try:
             state = self.runtime.inspect(event.container_id)

@@ -75,16 +75,19 @@ class GroupCommitTest(unittest.TestCase):
         self.assertEqual(([e.event for e, _ in found], cursor), (["create"], 1))
 
     def test_a_read_with_no_wait_waits_for_pending_events(self):
-        """A client that saw a job's new state then reads its events finds the event."""
-        entered, release = self.hold_commits()
+        """A client that saw a job's new state then reads its events finds the event, even
+        when other events are there to be read at once."""
         self.table.add(job("a"))
+        self.table.flush()
+        entered, release = self.hold_commits()
+        self.table.transition("a", RUNNING, started_at="t")
         self.wait_native(entered)
         reader = gevent.spawn(self.table.events.wait, 0, 0)
         gevent.sleep(0.05)
         self.assertFalse(reader.ready())
         release.set()
         found, cursor = reader.get(timeout=5)
-        self.assertEqual(cursor, 1)
+        self.assertEqual(([e.event for e, _ in found], cursor), (["create", "start"], 2))
 
     def test_a_burst_of_changes_is_one_transaction(self):
         before = self.writer.transactions

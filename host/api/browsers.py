@@ -32,8 +32,18 @@ class BrowserGuard:
     def __init__(self, allowed_hosts=()):
         names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
         self.names = names | {h.lower() for h in allowed_hosts}
+        self._verdicts: dict = {}
 
     def host_allowed(self, host: str) -> bool:
+        # clients send the same few Host values on every request: each is judged once
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            verdict = self._judge_host(host)
+            if len(self._verdicts) < 256:
+                self._verdicts[host] = verdict
+        return verdict
+
+    def _judge_host(self, host: str) -> bool:
         name = _host_part(host)
         if not name:
             return True  # HTTP/1.0 without a Host: nothing a browser sends

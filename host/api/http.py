@@ -128,9 +128,14 @@ def path_problem(environ) -> str:
         decoded = path.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         return "path: not UTF-8 once its escapes are decoded"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+    if not decoded.isprintable() and _CONTROL.search(decoded):
         return "path: a control character (NUL, a newline, ...)"
     return ""
+
+
+#: C0 controls and DEL (isprintable() is the fast first look: it is False for these and for a
+#: few printable-but-unusual characters, which this then tells apart)
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def checked_id(what: str, value: str) -> str:
