@@ -3,8 +3,9 @@ the state dir itself (stdlib sqlite3).
 
 A job's new state and the event announcing it are written in one transaction, so after a crash the
 table and the event log agree, and event cursors keep increasing across restarts.
-Writes go through a GroupCommitWriter (host.store_writer): they run in a worker thread, several
-at a time in one transaction, so the serving loop never waits on the disk (WAL, synchronous=NORMAL).
+Writes go through a GroupCommitWriter (host.store_writer): the writes of one turn of the loop go
+in one transaction, and the checkpoints (the only fsyncs in WAL mode with synchronous=NORMAL) run
+in a worker thread, so the serving loop never waits on the disk.
 The file holds every job's environment: it is created readable by its owner only.
 """
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Store:
             raise StoreDamaged("; ".join(problems[:3]))
         for companion in (path + "-wal", path + "-shm"):
             _tighten(companion)
-        self.writer = GroupCommitWriter(self._db)
+        self.writer = GroupCommitWriter(self._db, path)
 
     def load(self) -> Snapshot:
         """Everything in the store, checked. Raises StoreDamaged when anything does not read."""

@@ -1,6 +1,6 @@
-"""The store's group commit: writes run in a worker thread, the serving loop goes on meanwhile,
-an event is published only once durable, a burst is one transaction, and a disk that refuses a
-write holds the queue instead of losing it."""
+"""The store's group commit: an event is published only once durable, a burst of changes is one
+transaction, checkpoints (the disk's waits) run in a worker thread while the loop and the commits
+go on, and a disk that refuses a write holds the queue instead of losing it."""
 import shutil
 import sqlite3
 import tempfile
@@ -36,57 +36,66 @@ class GroupCommitTest(unittest.TestCase):
         self.local.close()
         shutil.rmtree(self.dir)
 
-    def hold_commits(self) -> tuple:
-        """Every event insert blocks (in the worker thread) until the returned `release` is set;
-        `entered` is set once a commit is blocked."""
+    def hold_checkpoints(self) -> tuple:
+        """Every checkpoint (in the worker thread) blocks until the returned `release` is set;
+        `entered` is set once one is blocked. A checkpoint after every commit."""
         entered, release = NativeEvent(), NativeEvent()
+        real_checkpoint = self.writer._checkpoint
 
-        def block():
+        def held():
             entered.set()
             release.wait(30)
-        db = self.local.store._db
-        db.create_function("hold_commit", 0, block)
-        db.execute("CREATE TEMP TRIGGER hold AFTER INSERT ON events BEGIN "
-                   "SELECT hold_commit(); END")
+            return real_checkpoint()
+        self.writer._checkpoint = held
+        self.writer.checkpoint_every = 1
         return entered, release
 
     def wait_native(self, event):
-        """Wait for a native event without blocking the loop (the commit runs in a thread)."""
+        """Wait for a native event without blocking the loop."""
         with gevent.Timeout(10):
             while not event.is_set():
                 gevent.sleep(0.005)
 
-    def test_the_loop_runs_while_a_commit_waits_and_the_event_waits_for_it(self):
-        entered, release = self.hold_commits()
-        ticks = []
-        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.001)) for _ in range(10)])
+    def test_an_event_is_published_once_durable(self):
         self.table.add(job("a"))
         self.assertEqual(self.table.get("a").status, "starting")  # in memory at once
-        self.wait_native(entered)  # the commit is in the worker thread, held
-        ticker.join(5)
-        self.assertEqual(len(ticks), 10)  # other greenlets ran all along
-        self.assertEqual(self.table.events.since(0), [])  # not durable: not published
+        self.assertEqual(self.table.events.since(0), [])  # not committed: not published
         self.assertEqual((self.table.events.last_cursor, self.table.events.pending), (0, 1))
-        waiter = gevent.spawn(self.table.events.wait, 0, 30)
-        gevent.sleep(0.01)
-        self.assertFalse(waiter.ready())
-        release.set()
-        found, cursor = waiter.get(timeout=5)
+        self.assertEqual(self.writer.pending, 1)
+        found, cursor = self.table.events.wait(0, 30)  # yields: the writer commits, publishes
         self.assertEqual(([e.event for e, _ in found], cursor), (["create"], 1))
+        self.assertEqual(self.writer.pending, 0)
+
+    def test_checkpoints_wait_on_the_disk_in_a_thread_not_on_the_loop(self):
+        entered, release = self.hold_checkpoints()
+        self.table.add(job("a"))
+        self.assertTrue(self.table.flush(5))
+        self.wait_native(entered)  # a checkpoint is in the worker thread, held
+        ticks = []
+        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.001)) for _ in range(10)])
+        for n in range(20):  # commits carry on meanwhile, and their events are published
+            self.table.transition("a", RUNNING, started_at="t") if n == 0 else \
+                self.table.add(job(f"more{n}"))
+            self.assertTrue(self.table.flush(5))
+        ticker.join(5)
+        self.assertEqual(len(ticks), 10)
+        self.assertEqual(self.table.events.last_cursor, 21)
+        self.assertEqual(self.writer.checkpoints, 0)
+        release.set()
+        with gevent.Timeout(10):
+            while self.writer.checkpoints < 1:
+                gevent.sleep(0.01)
+        # and the loop's own connection never checkpoints by itself
+        self.assertEqual(self.local.store._db.execute("PRAGMA wal_autocheckpoint").fetchone(),
+                         (0,))
 
     def test_a_read_with_no_wait_waits_for_pending_events(self):
         """A client that saw a job's new state then reads its events finds the event, even
         when other events are there to be read at once."""
         self.table.add(job("a"))
         self.table.flush()
-        entered, release = self.hold_commits()
-        self.table.transition("a", RUNNING, started_at="t")
-        self.wait_native(entered)
-        reader = gevent.spawn(self.table.events.wait, 0, 0)
-        gevent.sleep(0.05)
-        self.assertFalse(reader.ready())
-        release.set()
-        found, cursor = reader.get(timeout=5)
+        self.table.transition("a", RUNNING, started_at="t")  # pending
+        found, cursor = self.table.events.wait(0, 0)
         self.assertEqual(([e.event for e, _ in found], cursor), (["create", "start"], 2))
 
     def test_a_burst_of_changes_is_one_transaction(self):
