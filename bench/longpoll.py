@@ -20,10 +20,11 @@ The baseline is the agent's own server (host.server's handler: the same lean hea
 send an answer) answering the same protocol, long-poll and stream, from an in-memory list, fed at
 the agent side's nominal event rate. In the churn modes a separate process starts `true`
 containers at the agent side's rate meanwhile, so that dockerd, containerd and runc load these
-cores alike on both sides. Both sides publish only once every client is connected. The sides run
-interleaved, BENCH_ROUNDS rounds each (2) in alternating order (agent first, then baseline first),
-and each side's latencies are pooled over its rounds. The figures against their targets come last
-(bench/report.py), for bench/run's table.
+cores alike on both sides (the same engine calls a job: create, start, an inspect, Docker's
+event stream followed, an inspect for each exit). Both sides publish only once every client is
+connected. The sides run interleaved, BENCH_ROUNDS rounds each (2) in alternating order (agent
+first, then baseline first), and each side's latencies are pooled over its rounds. The figures
+against their targets come last (bench/report.py), for bench/run's table.
 
 Needs DOCKER_HOST and the test image (bin/test provisions both): `python bench/longpoll.py`.
 Tunables: BENCH_CLIENTS (1000), BENCH_SECONDS (20 a round), BENCH_JOBS_PER_S (4),
@@ -451,23 +452,33 @@ def baseline_server(port: int, rate: float):
 
 
 def churn_containers(jobs_per_s: float, seconds: float):
-    """Start `true` containers at the agent side's rate, so the baseline runs while the machine
-    does the same container work (dockerd, containerd and runc share these 2 cores)."""
+    """Start `true` containers at the agent side's rate, making the engine calls the agent makes
+    for each (create, start, an inspect after the start, Docker's event stream followed, an
+    inspect for each exit), so that the baseline runs while dockerd, containerd and runc do the
+    same work on these 2 cores as on the agent side."""
     from tests.support import TEST_IMAGE, remove_host_containers, require_docker
     runtime = require_docker()
     api = runtime._client()
     label = f"benchchurn{os.getpid()}"
 
+    def follow_events():
+        for event in api.events(filters={"label": [f"flynn-host.id={label}"]}, decode=True):
+            if event.get("status") == "die":
+                api.inspect_container(event["id"])
+
     def one():
         container = api.create_container(TEST_IMAGE, ["true"], labels={"flynn-host.id": label})
         api.start(container)
+        api.inspect_container(container)
 
+    follower = gevent.spawn(follow_events)
     started, n, runs = time.monotonic(), 0, []
     while time.monotonic() - started < seconds:
         runs.append(gevent.spawn(one))
         n += 1
         gevent.sleep(max(0.0, started + n / jobs_per_s - time.monotonic()))
     gevent.joinall(runs)
+    follower.kill()
     remove_host_containers(runtime, label)
 
 
