@@ -173,7 +173,9 @@ class Layer0DockerTest(unittest.TestCase):
         self.assertEqual([h["id"] for h in first.get("/cluster/hosts")], [first.host_id])
         placed = first.post_jobs({"jobs": [web_job("web-1")]})
         self.assertEqual(placed.status_code, 200, placed.text)
-        wait_until(lambda: first.get("/host/jobs/web-1")["status"] == "running", 30,
+        # AddJobs answers once the placement is recorded in etcd; the host takes the job from
+        # there a moment later (until then its GET is a 404, without a status)
+        wait_until(lambda: first.get("/host/jobs/web-1").get("status") == "running", 30,
                    "web-1 running")
         port = first.get("/host/jobs/web-1")["ports"][0]["port"]
         wait_until(lambda: _answers(f"http://{first.ip}:{port}/", "web-1"), 10,
