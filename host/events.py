@@ -7,9 +7,10 @@ The log keeps the last `capacity` events; a client whose cursor is older than th
 CursorExpired (it must re-list state). Waiters sleep on one gevent Event that is swapped and set
 on every publication, so a long-poll wakes within milliseconds without any polling loop.
 
-A host's events are written to disk after the change they announce (host.store_writer commits in
-a worker thread), so an event is first held *pending* and published only once durable: no client
-ever sees a cursor that a crash before the commit would hand out again. `last_cursor` is the
+A host's events are written to disk after the change they announce (host.store_writer groups
+the writes of one turn of the loop into one commit), so an event is first held *pending* and
+published only once durable: no client ever sees a cursor that a crash before the commit would
+hand out again. `last_cursor` is the
 newest published one. A read first waits for the events pending when it began to be published
 (a commit takes milliseconds), even with `wait=0`: a client that saw a job's new state, in an
 answer or a listing, then reads the events finds the event announcing it.
@@ -41,7 +42,7 @@ class EventLog:
         self._last = last_cursor    # the newest held, pending included
         self._durable = last_cursor  # the newest published: every cursor up to it is durable
         self._changed = gevent.event.Event()
-        self._pages: dict = {}      # (since, cursor) -> a long-poll answer's bytes, see page()
+        self._pages: dict = {}      # key -> an answer's bytes, see shared()
         self.appended = 0           # events appended since this log was made (for /metrics)
         backlog = list(backlog)
         if backlog:

@@ -2,9 +2,9 @@
 
 Every change goes through one method that checks the transition is allowed, persists the job and
 its event in one transaction, and only then publishes the event to waiting clients. The store
-commits in a worker thread (group commit): a change is made in memory and queued for the disk in
-one step, without yielding, and its event is held pending until the commit, then published
-(host.events).
+groups the writes of one turn of the loop into one commit: a change is made in memory and
+queued for the disk in one step, without yielding, and its event is held pending until the
+commit, then published (host.events).
 """
 from __future__ import annotations
 

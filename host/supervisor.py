@@ -420,9 +420,8 @@ class JobSupervisor:
             return  # an older container of a job id that was reused
         if event.action not in ("start", "die", "destroy"):
             return
-        if event.action == "start" and job.status == RUNNING and job.container_id == \
-                event.container_id:
-            return  # known already: looked at right after the start
+        if event.action == "start" and job.status == RUNNING:
+            return  # known already (this container, checked above): looked at after the start
         log.debug("job %s: Docker event %s", job_id, event.action)
         try:
             state = self.runtime.inspect(event.container_id)
