@@ -4,7 +4,7 @@
 #
 # The agent reaches the engine through the mounted socket; the jobs it starts, its layer-0 etcd
 # member included, are its siblings on that engine. Built by bin/build-images, which prepares the
-# context: the wheels of the package and of everything it needs (`wheelhouse/`: no PyPI is
+# context: the wheels of the package and of everything its daemon needs (`wheelhouse/`: no PyPI is
 # needed inside the build) and manifest.json.
 #
 # BASE_IMAGE: any Debian 12 image with python3 (3.11) and its venv module. The default is the
@@ -16,7 +16,7 @@ FROM ${BASE_IMAGE}
 COPY wheelhouse /tmp/wheelhouse
 RUN python3 -m venv /opt/flynn-host \
  && /opt/flynn-host/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \
-        flynn-host \
+        'flynn-host[daemon]' \
  && rm -rf /tmp/wheelhouse
 COPY manifest.json /etc/flynn-host/manifest.json
 

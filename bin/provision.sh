@@ -30,20 +30,21 @@ ensure_packages() {
         || die "apt-get install ${missing[*]} failed"
 }
 
-# ensure_venv EXTRAS: the package installed (editable) in $VENV, reinstalled when setup.py
-# changes or when EXTRAS were not installed yet (bin/run needs none, bin/test needs "test")
+# ensure_venv EXTRAS: the package installed (editable) in $VENV with EXTRAS, reinstalled when
+# pyproject.toml changes or when EXTRAS were not installed yet (bin/run needs "daemon", bin/test
+# "test", which holds everything "daemon" does)
 ensure_venv() {
-    local extras="$1" stamp="$VENV/.flynn-host-installed" setup_hash installed
-    setup_hash="$(sha256sum "$REPO/setup.py" | cut -c1-16)"
+    local extras="$1" stamp="$VENV/.flynn-host-installed" project_hash installed
+    project_hash="$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
     [ -x "$VENV/bin/python" ] || { say "creating $VENV"; python3 -m venv "$VENV" || die "venv failed"; }
     installed="$(cat "$stamp" 2>/dev/null)"
     case "$installed" in
-        "$setup_hash test"|"$setup_hash ${extras}") return 0 ;;
+        "$project_hash test"|"$project_hash ${extras}") return 0 ;;
     esac
     say "installing the package into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO${extras:+[$extras]}" \
         || die "pip install failed"
-    echo "$setup_hash ${extras}" > "$stamp"
+    echo "$project_hash ${extras}" > "$stamp"
 }
 
 docker_reachable() { DOCKER_HOST="$1" timeout 10 docker version >/dev/null 2>&1; }
@@ -196,30 +197,43 @@ ensure_base_image() {
     rm -rf "$rootfs" "$rootfs.log"
 }
 
-# ensure_wheelhouse DIR: the package's wheel and its dependencies' wheels in DIR (those of the
-# dependencies kept in $IMAGE_CACHE by setup.py's hash: PyPI is only asked once)
+# package_source DIR: what the package is built from (pyproject.toml, README.md, LICENSE, host/),
+# copied to DIR: a wheel built in the work tree would also take whatever a former build left in
+# its build/ directory
+package_source() {
+    mkdir -p "$1"
+    tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' -c pyproject.toml README.md LICENSE host \
+        | tar -C "$1" -x || die "copying the package's source to $1 failed"
+}
+
+# ensure_wheelhouse DIR: the package's wheel and its daemon's dependencies' wheels in DIR (those of
+# the dependencies kept in $IMAGE_CACHE by pyproject.toml's hash: PyPI is only asked once)
 ensure_wheelhouse() {
-    local dir="$1" deps
-    deps="$IMAGE_CACHE/wheels-$(sha256sum "$REPO/setup.py" | cut -c1-16)"
+    local dir="$1" deps source
+    deps="$IMAGE_CACHE/wheels-$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
+    source="$(mktemp -d /tmp/flynn-host-source.XXXXXX)"
+    package_source "$source"
     if [ ! -f "$deps/.complete" ]; then
         say "collecting the dependencies' wheels into $deps"
         rm -rf "$deps" && mkdir -p "$deps"
-        "$VENV/bin/pip" wheel -q --disable-pip-version-check --wheel-dir "$deps" "$REPO" \
+        "$VENV/bin/pip" wheel -q --disable-pip-version-check --wheel-dir "$deps" "$source[daemon]" \
             >"$deps.log" 2>&1 || die "pip wheel failed: $(tail -n 5 "$deps.log")"
         rm -f "$deps"/flynn_host-*.whl
         touch "$deps/.complete"
     fi
     cp "$deps"/*.whl "$dir/"
-    "$VENV/bin/pip" wheel -q --disable-pip-version-check --no-deps --wheel-dir "$dir" "$REPO" \
+    "$VENV/bin/pip" wheel -q --disable-pip-version-check --no-deps --wheel-dir "$dir" "$source" \
         >"$dir.log" 2>&1 || die "pip wheel of the package failed: $(tail -n 5 "$dir.log")"
-    rm -f "$dir.log"
+    rm -rf "$dir.log" "$source"
 }
 
-# source_digest: what flynn/host is built from (the package, setup.py, the Dockerfile, the
-# manifest, the base image), so that an unchanged tree is not built again
+# source_digest: what flynn/host is built from (the package with its data files, pyproject.toml,
+# the Dockerfile, the manifest, the base image), so that an unchanged tree is not built again
+# (README.md and LICENSE go into the wheel's metadata only: they change nothing the image does)
 source_digest() {
-    (cd "$REPO" && find host setup.py Dockerfile -type f \( -name '*.py' -o -name '*.json' \
-        -o -name Dockerfile -o -name setup.py \) -print0 | sort -z | xargs -0 sha256sum;
+    (cd "$REPO" && find host pyproject.toml Dockerfile -type f \( -name '*.py' -o -name '*.json' \
+        -o -path 'host/dashboard/static/*' -o -name Dockerfile -o -name pyproject.toml \) -print0 \
+        | sort -z | xargs -0 sha256sum;
      docker image inspect --format '{{.Id}}' "$BASE_IMAGE") | sha256sum | cut -c1-16
 }
 

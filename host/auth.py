@@ -3,8 +3,9 @@
 The token is read from a file (`-auth-token-file`, or FLYNN_HOST_TOKEN_FILE) or, for clients,
 from FLYNN_HOST_TOKEN: never from a flag's value, which every user of the machine sees in the
 process list. Every route asks for `Authorization: Bearer <token>` except the liveness route,
-which says nothing but that the process serves. The comparison takes the same time whatever the
-token sent, so that it cannot be guessed a character at a time.
+which says nothing but that the process serves, and the dashboard's static files. The
+comparison takes the same time whatever the token sent, so that it cannot be guessed a
+character at a time.
 """
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import hmac
 import os
 from typing import Optional
 
-#: routes served without a token: they reveal nothing (a load balancer's liveness probe)
-OPEN_PATHS = frozenset({"/healthz"})
+#: routes served without a token: they reveal nothing. The liveness probe of a load balancer,
+#: and the dashboard's page and static files (host/api/dashboard.py), which hold no data and
+#: must load before the person has typed the token in; exact paths, nothing below them.
+OPEN_PATHS = frozenset({"/healthz", "/", "/dashboard/dashboard.js", "/dashboard/dashboard.css",
+                        "/dashboard/favicon.svg"})
 #: the longest token read, bytes: a token file is a secret, not a document
 MAX_TOKEN_BYTES = 4096
 

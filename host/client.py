@@ -42,9 +42,36 @@ ERROR_CLASSES = {cls.code: cls for cls in (
 
 
 class AgentUnreachable(errors.FlynnError):
-    """No answer from the agent (refused, timed out, reset)."""
+    """No answer from the agent (refused, timed out, reset). `extra` has its `addr` and the
+    `reason` in a few words ("connection refused"), for a message a person can read."""
     code = "unavailable"
     retry = True
+
+
+def unreachable_reason(error: BaseException) -> str:
+    """Why a request got no answer, in a few words, from the exception chain requests and
+    urllib3 wrap around the socket's error."""
+    seen, current = [], error
+    while current is not None and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for e in seen:
+        if isinstance(e, socket.gaierror):
+            return "no such host name"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS: {e.reason or e}"
+        if isinstance(e, (socket.timeout, requests.Timeout)):
+            return "timed out"
+    text = " ".join(str(e) for e in seen)
+    for words in ("Connection refused", "Name or service not known", "timed out",
+                  "Connection reset", "No route to host", "Network is unreachable"):
+        if words in text:
+            return words.lower().replace("name or service not known", "no such host name")
+    return str(error).split(":")[-1].strip() or type(error).__name__
 
 
 def error_from_response(response: requests.Response) -> errors.FlynnError:
@@ -135,7 +162,8 @@ class _Client:
                                          timeout=self.timeout_s + extra_timeout_s,
                                          verify=self.verify, **kwargs)
         except requests.RequestException as e:
-            raise AgentUnreachable(f"no answer from {self.addr}: {e}") from e
+            raise AgentUnreachable(f"no answer from {self.addr}: {e}", addr=self.addr,
+                                   reason=unreachable_reason(e)) from e
         if response.status_code >= 400:
             raise error_from_response(response)
         return response
@@ -151,20 +179,31 @@ class _Client:
             params["job_id"] = job_id
         return self._json("GET", path, params=params, extra_timeout_s=wait)
 
-    def _follow(self, path: str, since, job_id, wait_s: float,
-                max_backoff_s: float) -> Iterator[dict]:
+    def _follow(self, path: str, since, job_id, wait_s: float, max_backoff_s: float,
+                on_error=None, on_resume=None) -> Iterator[dict]:
         """Events forever, resuming from the last cursor after any connection error (with
-        backoff). CursorExpired propagates: the caller must re-list state."""
-        cursor, backoff = since, 0.1
+        backoff). CursorExpired propagates: the caller must re-list state. `on_error(error,
+        retry_in_s)` hears of each failed ask, `on_resume()` of the first answer after them."""
+        cursor, backoff, failing = since, 0.1, False
         while True:
             try:
                 page = self._events(path, cursor, wait_s, job_id)
-            except (AgentUnreachable, errors.Unavailable, errors.NotLeader) as e:
+            except errors.FlynnError as e:
+                # a server error (an agent stopping, a proxy between) is as passing as no
+                # answer at all; a client error (a bad cursor, 410) is the caller's to handle
+                if not (isinstance(e, (AgentUnreachable, errors.Unavailable, errors.NotLeader))
+                        or getattr(e, "http_status", 0) >= 500):
+                    raise
                 log.debug("events: %s; resuming from cursor %s in %.1fs", e, cursor, backoff)
+                if on_error is not None:
+                    on_error(e, backoff)
+                failing = True
                 time.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff_s)
                 continue
-            backoff = 0.1
+            if failing and on_resume is not None:
+                on_resume()
+            backoff, failing = 0.1, False
             yield from page["events"]
             cursor = page["cursor"]
 
@@ -241,7 +280,12 @@ class Attachment:
         self._ws = ws
 
     def send(self, data: bytes):
-        self._ws.send(bytes(data))
+        """Our input to the job. Once the session is over (the job ended, and its exit
+        message is what receive() gives next) there is nothing to deliver it to: dropped."""
+        try:
+            self._ws.send(bytes(data))
+        except simple_websocket.ConnectionClosed:
+            pass
 
     def close_stdin(self):
         self._control({"type": "eof"})
@@ -253,7 +297,10 @@ class Attachment:
         self._control({"type": "resize", "height": height, "width": width})
 
     def _control(self, message: dict):
-        self._ws.send(simplejson.dumps(message))
+        try:
+            self._ws.send(simplejson.dumps(message))
+        except simple_websocket.ConnectionClosed:
+            pass  # as send(): the session is over
 
     def receive(self, timeout_s: Optional[float] = None):
         """("stdout" | "stderr", bytes), ("exit", message) or ("error", message); None on a
@@ -283,13 +330,17 @@ class HostClient(_Client):
         """Attach to a job's stdin/stdout/stderr; the job may not exist yet (the agent waits,
         bounded, and starts it only once attached). `size` (height, width) sizes its terminal
         as it starts."""
-        url = self.addr.replace("http", "ws", 1) + route_path("host", "jobs", job_id, "attach")
+        return self._attach(self._job_path(job_id, "attach"), size)
+
+    def _attach(self, path: str, size: Optional[tuple]) -> Attachment:
+        url = self.addr.replace("http", "ws", 1) + path
         if size:
             url += f"?height={size[0]}&width={size[1]}"
         try:
             return Attachment(AttachSocket(url, self.timeout_s, self.token, self.tls_ca))
         except OSError as e:
-            raise AgentUnreachable(f"cannot attach through {self.addr}: {e}") from e
+            raise AgentUnreachable(f"cannot attach through {self.addr}: {e}", addr=self.addr,
+                                   reason=unreachable_reason(e)) from e
 
     def status(self) -> dict:
         return self._json("GET", "/host/status")
@@ -301,8 +352,11 @@ class HostClient(_Client):
     def jobs(self, status: Optional[str] = None) -> list:
         return self._json("GET", "/host/jobs", params={"status": status} if status else None)
 
+    def _job_path(self, job_id: str, *rest: str) -> str:
+        return route_path("host", "jobs", job_id, *rest)
+
     def job(self, job_id: str) -> dict:
-        return self._json("GET", route_path("host", "jobs", job_id))
+        return self._json("GET", self._job_path(job_id))
 
     def add_job(self, job_id: str, job: dict) -> tuple:
         """(ActiveJob, created): created is False when the same job was there already."""
@@ -311,27 +365,46 @@ class HostClient(_Client):
 
     def stop_job(self, job_id: str, timeout_s: Optional[float] = None) -> dict:
         params = {"timeout": timeout_s} if timeout_s is not None else None
-        return self._json("DELETE", route_path("host", "jobs", job_id), params=params,
+        return self._json("DELETE", self._job_path(job_id), params=params,
                           extra_timeout_s=timeout_s or 0)
 
+    def remove_job(self, job_id: str, force: bool = False) -> dict:
+        """Forget an ended job and its container; with force, kill an active one first (it
+        is removed as it ends: `removed` is then false in the answer)."""
+        params = {"remove": "true", "force": "true" if force else "false"}
+        return self._json("DELETE", self._job_path(job_id), params=params)
+
     def signal_job(self, job_id: str, signal) -> dict:
-        return self._json("POST", route_path("host", "jobs", job_id, "signal"),
-                          json={"signal": signal})
+        return self._json("POST", self._job_path(job_id, "signal"), json={"signal": signal})
+
+    def wait_job(self, job_id: str, timeout_s: float = 60) -> dict:
+        """The job once it has ended, or as it is after `timeout_s` (its status tells)."""
+        return self._json("GET", self._job_path(job_id, "wait"), params={"timeout": timeout_s},
+                          extra_timeout_s=timeout_s)
 
     def log(self, job_id: str, follow: bool = False, tail: Optional[int] = None,
-            stream: Optional[str] = None) -> Iterator[bytes]:
-        """The job's output as chunks; with follow, until the job ends."""
+            stream: Optional[str] = None, since: Optional[float] = None,
+            until: Optional[float] = None, timestamps: bool = False) -> Iterator[bytes]:
+        """The job's output as chunks; with follow, until the job ends. `since`/`until`: Unix
+        seconds; `timestamps`: each line starts with the time the engine took it."""
         params = {"follow": "true" if follow else "false"}
         if tail is not None:
             params["tail"] = tail
         if stream:
             params["stream"] = stream
-        response = self._request("GET", route_path("host", "jobs", job_id, "log"), params=params,
+        if since is not None:
+            params["since"] = f"{since:.6f}"
+        if until is not None:
+            params["until"] = f"{until:.6f}"
+        if timestamps:
+            params["timestamps"] = "true"
+        response = self._request("GET", self._job_path(job_id, "log"), params=params,
                                  stream=True, extra_timeout_s=3600 if follow else 0)
         try:
             yield from response.iter_content(chunk_size=None)
         except requests.RequestException as e:
-            raise AgentUnreachable(f"log stream from {self.addr} broke: {e}") from e
+            raise AgentUnreachable(f"log stream from {self.addr} broke: {e}", addr=self.addr,
+                                   reason=unreachable_reason(e)) from e
         finally:
             response.close()
 
@@ -340,8 +413,24 @@ class HostClient(_Client):
         return self._events("/host/events", since, wait, job_id)
 
     def follow_events(self, since: Optional[int] = None, job_id: Optional[str] = None,
-                      wait_s: float = 30, max_backoff_s: float = 5) -> Iterator[dict]:
-        return self._follow("/host/events", since, job_id, wait_s, max_backoff_s)
+                      wait_s: float = 30, max_backoff_s: float = 5, on_error=None,
+                      on_resume=None) -> Iterator[dict]:
+        return self._follow("/host/events", since, job_id, wait_s, max_backoff_s, on_error,
+                            on_resume)
+
+
+class ClusterJobs(HostClient):
+    """The jobs of every host, through the one agent at `addr` (/cluster/jobs/<id>: it finds
+    the job's host and relays): job, stop_job, remove_job, signal_job and log as HostClient's,
+    for a job wherever it runs."""
+
+    def _job_path(self, job_id: str, *rest: str) -> str:
+        return route_path("cluster", "jobs", job_id, *rest)
+
+    def attach_on(self, host_id: str, job_id: str, size: Optional[tuple] = None) -> Attachment:
+        """attach() to a job placed on `host_id` that may not be there yet (`run`)."""
+        return self._attach(route_path("cluster", "hosts", host_id, "jobs", job_id, "attach"),
+                            size)
 
 
 class ClusterClient(_Client):
@@ -372,7 +461,8 @@ class ClusterClient(_Client):
         return self._json("GET", route_path("cluster", "hosts", host_id))
 
     def add_jobs(self, jobs: list, host_id: Optional[str] = None) -> list:
-        """Place `jobs` (on `host_id`, or where the leader chooses): [{"host_id", "job_id"}]."""
+        """Place `jobs` (on `host_id`, or where the leader chooses): [{"host_id", "job_id",
+        "host_addr"}]."""
         body = {host_id or "jobs": jobs}
         return self._json("POST", "/cluster/jobs", json=body, extra_timeout_s=30)["jobs"]
 
@@ -386,5 +476,7 @@ class ClusterClient(_Client):
         return self._events("/cluster/events", since, wait, None)
 
     def follow_events(self, since: Optional[int] = None, wait_s: float = 30,
-                      max_backoff_s: float = 5) -> Iterator[dict]:
-        return self._follow("/cluster/events", since, None, wait_s, max_backoff_s)
+                      max_backoff_s: float = 5, on_error=None,
+                      on_resume=None) -> Iterator[dict]:
+        return self._follow("/cluster/events", since, None, wait_s, max_backoff_s, on_error,
+                            on_resume)

@@ -445,11 +445,39 @@ def load_config(argv: list, environ: Optional[dict] = None) -> Config:
 
 
 def usage() -> str:
-    lines = ["usage: flynn-host [flags]        run the host daemon", "", "flags:"]
+    """The daemon's flags, as `flynn-host -help` prints them: each flag's help wrapped to the
+    terminal, with its environment variable and its default as a person writes it."""
+    import shutil
+    import textwrap
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
+    indent = " " * 28
+    lines = ["usage: flynn-host [daemon] [flags]   run the host daemon", "", "flags:"]
     for s in SETTINGS:
         flag = f"  -{s.name}" + ("" if s.boolean else f" {s.metavar}")
-        default = s.default if not callable(s.default) else "(computed)"
-        lines.append(f"{flag:<28} {s.help}")
-        lines.append(f"{'':<28} env {s.env}; default {default!r}")
-    lines += ["", "Docker is reached through DOCKER_HOST (as docker-py reads it)."]
+        default = default_text(s)
+        text = s.help + (f" (env {s.env}" + (f"; default {default})" if default else ")"))
+        wrapped = textwrap.wrap(text, width - len(indent)) or [""]
+        lines.append(f"{flag:<27} {wrapped[0]}" if len(flag) < 28 else flag)
+        lines += [indent + line for line in (wrapped[1:] if len(flag) < 28 else wrapped)]
+    lines += ["", "Flags take one dash or two (-external or --external). Docker is reached "
+              "through DOCKER_HOST (as docker-py reads it)."]
     return "\n".join(lines)
+
+
+def default_text(setting: Setting) -> str:
+    """A setting's default as a person would write it on the command line ("" for none, or
+    one computed at start-up that the help already describes)."""
+    value = setting.default
+    if callable(value) or value is None or value == "" or value == ():
+        return ""
+    if setting.boolean:
+        return "on" if value else "off"
+    if setting.metavar in ("LO-HI",) and isinstance(value, tuple):
+        return f"{value[0]}-{value[1]}"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        return f"{value[0]}:{value[1]}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -42,6 +42,7 @@ class EventLog:
         self._last = last_cursor    # the newest held, pending included
         self._durable = last_cursor  # the newest published: every cursor up to it is durable
         self._changed = gevent.event.Event()
+        self._closed = False  # close(): the agent is stopping
         self._pages: dict = {}      # key -> an answer's bytes, see shared()
         self.appended = 0           # events appended since this log was made (for /metrics)
         backlog = list(backlog)
@@ -124,6 +125,18 @@ class EventLog:
         self._floor = self._last = self._durable = cursor
         self._wake()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self):
+        """The agent is stopping: every client's wait answers now with what it has (at worst
+        nothing and the client's own cursor, from which it resumes on the next instance), and
+        no later one waits. A long-poll cut off by the server's stop would get a 500 instead.
+        The agent's own waits (its heartbeat's) are not affected."""
+        self._closed = True
+        self._wake()
+
     def _wake(self):
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
@@ -160,10 +173,11 @@ class EventLog:
         return self._entries[start:bisect.bisect_right(self._cursors, self._durable)]
 
     def wait(self, since: int, timeout: float,
-             match: Optional[Callable[[Event], bool]] = None) -> tuple:
+             match: Optional[Callable[[Event], bool]] = None, for_client: bool = False) -> tuple:
         """Events after `since` (only those `match` accepts), waiting up to `timeout` seconds for
         one. Returns ([(Event, json)], cursor) where cursor is the newest cursor examined: the
-        client's next `since`, even when a filter dropped everything."""
+        client's next `since`, even when a filter dropped everything. A wait `for_client` (an
+        API long-poll or stream) answers at once once the log is closed."""
         deadline = time.monotonic() + timeout
         # read your writes: what is pending now is published before this answers (a commit
         # takes milliseconds; a disk that hangs holds a read no longer than the grace)
@@ -179,6 +193,6 @@ class EventLog:
             if match is not None:
                 found = [item for item in found if match(item[0])]
             remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
+            if found or remaining <= 0 or (for_client and self._closed):
                 return found, since
             changed.wait(remaining)

@@ -21,7 +21,8 @@ from host.retry import Backoff
 from host.runtime import ContainerSpec, ContainerState, Runtime, RuntimeEvent, labels
 from host.state import JobTable
 from host.tasks import Tasks
-from host.types import CRASHED, DONE, FAILED, RUNNING, STARTING, ActiveJob, HostResources, Job
+from host.types import (CRASHED, DONE, FAILED, RUNNING, STARTING, STOPPED, ActiveJob,
+                        HostResources, Job)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class JobSupervisor:
         self.clock = clock
         self._tasks = tasks           # the agent's background tasks (host.tasks)
         self._on_forgotten = on_forgotten  # told of each ended job retention drops
+        self._remove_once_ended: set = set()  # job ids `rm -f` stopped: forgotten as they end
+        self._removing: dict = {}  # job id -> Event set once its removal is over
         self.registries = tuple(registries)  # registries images may be pulled from; () = any
         self._last_event_nanos: Optional[int] = None
         self.events_connected = False
@@ -161,6 +164,54 @@ class JobSupervisor:
             self._request_stop(job_id, timeout_s)
         # no container yet: _start sees stop_requested and does not start it
         return job, False
+
+    def remove(self, job_id: str, force: bool = False) -> tuple:
+        """Forget an ended job, its container and record (`flynn-host rm`): (ActiveJob, removed
+        now). An active one is a Conflict, unless `force`: then it is killed and removed as
+        soon as it has ended (removed now is False)."""
+        job = self.table.get(job_id)
+        if not job.is_final:
+            if not force:
+                raise Conflict(f"job {job_id!r} is {job.status}: stop it first, or remove it "
+                               "with force (rm -f), which kills it")
+            self._remove_once_ended.add(job_id)
+            self.stop(job_id, 0)
+            return job, False
+        self._forget(job)
+        return job, True
+
+    def _forget(self, job: ActiveJob):
+        """Remove the job's container, then its record. One removal a job at a time: a second
+        one (rm -f asking again as the job ends) waits for the first, which the engine would
+        otherwise refuse ("removal already in progress")."""
+        underway = self._removing.get(job.id)
+        if underway is not None:
+            underway.wait()
+            return
+        self._removing[job.id] = done = gevent.event.Event()
+        try:
+            if job.container_id:
+                try:
+                    self.runtime.remove(job.container_id)
+                except errors.ContainerNotFound:
+                    pass  # gone already: the record goes all the same
+            if self.table.find(job.id) is not None:
+                self.table.forget(job.id)
+                log.info("job %s: removed", job.id)
+                if self._on_forgotten is not None:
+                    self._on_forgotten(job)
+        finally:
+            del self._removing[job.id]
+            done.set()
+
+    def _forget_once_ended(self, job_id: str):
+        self._remove_once_ended.discard(job_id)
+        job = self.table.find(job_id)
+        if job is not None:
+            try:
+                self._forget(job)
+            except errors.FlynnError as e:  # retention removes it later
+                log.warning("job %s: could not remove it: %s", job_id, e)
 
     def signal(self, job_id: str, signal: str) -> ActiveJob:
         """Signal the job's process. A job still `starting` whose container has started (its
@@ -331,7 +382,7 @@ class JobSupervisor:
     def _ended_by_stop_request(self, active: ActiveJob) -> bool:
         """A DELETE that arrived before the container started ends the job here."""
         if active.stop_requested:
-            self._finish(active.id, CRASHED, error="stopped before it started")
+            self._finish(active.id, STOPPED, error="stopped before it started")
         return active.stop_requested
 
     def _finish(self, job_id: str, status: str, **fields) -> bool:
@@ -343,6 +394,8 @@ class JobSupervisor:
             return False
         self._accepted.pop(job_id, None)
         self.ports.release(job.ports)
+        if job_id in self._remove_once_ended:
+            self._tasks.spawn(self._forget_once_ended, job_id)
         if not self._prune_pending:  # one prune catches up with every job ended before it
             self._prune_pending = True
             self._tasks.spawn(self._prune_soon)
@@ -384,7 +437,7 @@ class JobSupervisor:
             log.warning("job %s: stop failed: %s", job_id, e)
             return
         if not state.running and state.started_at is None:
-            self._finish(job_id, CRASHED, error="stopped before it started")  # no die event
+            self._finish(job_id, STOPPED, error="stopped before it started")  # no die event
         elif not state.running:
             self._record_exit(job_id, state)  # normally the die event got here first
 
@@ -455,7 +508,10 @@ class JobSupervisor:
             self._to_running(job_id, state)
         started = job.started_at or state.started_at
         ended = max(state.finished_at or self.clock.now_text(), started or "")
-        status = DONE if state.exit_code == 0 and not state.oom_killed else CRASHED
+        if job.stop_requested and not state.oom_killed:
+            status = STOPPED  # asked for: the exit status (143, 137) says how it went
+        else:
+            status = DONE if state.exit_code == 0 and not state.oom_killed else CRASHED
         self._finish(job_id, status, exit_status=state.exit_code,
                      error="oom" if state.oom_killed else None, started_at=started,
                      ended_at=ended, container_id=state.id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,17 +22,19 @@ RUNNING = "running"
 DONE = "done"          # exited 0
 CRASHED = "crashed"    # exited non-zero, killed, or OOM-killed
 FAILED = "failed"      # the container could not be created or started; `error` says why
+STOPPED = "stopped"    # ended after a stop was asked for (DELETE), whatever its exit status:
+#                        a scheduler restarts a crashed job, not one it stopped itself
 
-ALL_STATES = (STARTING, RUNNING, DONE, CRASHED, FAILED)
+ALL_STATES = (STARTING, RUNNING, DONE, CRASHED, FAILED, STOPPED)
 ACTIVE_STATES = frozenset({STARTING, RUNNING})
-FINAL_STATES = frozenset({DONE, CRASHED, FAILED})
+FINAL_STATES = frozenset({DONE, CRASHED, FAILED, STOPPED})
 
 #: source state -> states it may move to. Final states have no entry: nothing leaves them.
 #: starting -> done/crashed happens when a container exits before (or while) we saw it start,
 #: e.g. while the agent was down.
 ALLOWED_TRANSITIONS = {
-    STARTING: frozenset({RUNNING, DONE, CRASHED, FAILED}),
-    RUNNING: frozenset({DONE, CRASHED}),
+    STARTING: frozenset({RUNNING, DONE, CRASHED, FAILED, STOPPED}),
+    RUNNING: frozenset({DONE, CRASHED, STOPPED}),
 }
 
 #: the event name published when a job enters a state
@@ -40,6 +43,7 @@ EVENT_FOR_STATE = {
     RUNNING: "start",
     DONE: "stop",
     CRASHED: "stop",
+    STOPPED: "stop",
     FAILED: "error",
 }
 
@@ -261,10 +265,12 @@ class JobSummary:
     created_at: Optional[str] = None
     started_at: Optional[str] = None
     ended_at: Optional[str] = None
+    command: str = ""                  # entrypoint and cmd, for listings (at most COMMAND_CHARS)
 
     @classmethod
     def of(cls, active: "ActiveJob") -> "JobSummary":
         return cls(id=active.id, status=active.status, image=active.job.config.image,
+                   command=command_line(active.job.config),
                    spec_digest=active.job.spec_digest(), ports=active.ports,
                    resources=active.job.resources, exit_status=active.exit_status,
                    error=active.error, created_at=active.created_at,
@@ -279,7 +285,8 @@ class JobSummary:
                 "spec_digest": self.spec_digest, "ports": [p.to_dict() for p in self.ports],
                 "resources": self.resources.to_dict(), "exit_status": self.exit_status,
                 "error": self.error, "created_at": self.created_at,
-                "started_at": self.started_at, "ended_at": self.ended_at}
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "command": self.command}
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobSummary":
@@ -289,7 +296,20 @@ class JobSummary:
                    resources=Resources(**(d.get("resources") or {})),
                    exit_status=d.get("exit_status"), error=d.get("error"),
                    created_at=d.get("created_at"), started_at=d.get("started_at"),
-                   ended_at=d.get("ended_at"))
+                   ended_at=d.get("ended_at"), command=str(d.get("command") or ""))
+
+
+#: characters of a job's command a heartbeat carries: enough to recognise it in a listing,
+#: without a 64 KB command line in every host's record
+COMMAND_CHARS = 200
+
+
+def command_line(config: JobConfig) -> str:
+    """The job's entrypoint and cmd as one line, as a shell would take it (empty: the image's
+    own), cut to COMMAND_CHARS."""
+    words = list(config.entrypoint or ()) + list(config.cmd or ())
+    line = shlex.join(words)
+    return line if len(line) <= COMMAND_CHARS else line[:COMMAND_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ class JobLifeTest(FakeAgentTestCase):
         self.assertEqual([e["event"] for e in events], ["create", "start"])
         self.assertEqual(set(events[1]["job"]), {
             "id", "status", "image", "spec_digest", "ports", "resources", "exit_status", "error",
-            "created_at", "started_at", "ended_at", "container_id", "internal_ip"})
+            "created_at", "started_at", "ended_at", "container_id", "internal_ip", "command"})
         self.assertEqual(events[1]["job"]["status"], "running")
         self.assertEqual(self.client.job("big")["job"]["config"]["env"], env)  # one GET away
 
@@ -147,7 +147,7 @@ class JobLifeTest(FakeAgentTestCase):
         self.assertEqual(self.client.post("/host/jobs/s/signal", json={"signal": 10}).status_code,
                          202)
         self.assertEqual(self.client.delete("/host/jobs/s").status_code, 202)
-        ended = self.client.wait_status("s", "crashed")
+        ended = self.client.wait_status("s", "stopped")
         self.assertEqual(ended["exit_status"], 143)
         self.assertEqual(self.client.delete("/host/jobs/s").status_code, 200)
         resp = self.client.post("/host/jobs/s/signal", json={"signal": "HUP"})
@@ -161,9 +161,48 @@ class JobLifeTest(FakeAgentTestCase):
         self.client.put_job("early", body(image="slow"))
         self.assertEqual(self.client.delete("/host/jobs/early").status_code, 202)
         gate.set()
-        job = self.client.wait_status("early", "crashed")
+        job = self.client.wait_status("early", "stopped")
         self.assertEqual(job["error"], "stopped before it started")
         self.assertEqual(self.runtime.containers, {})
+
+    def test_remove_an_ended_job_refuse_an_active_one_force_kills_first(self):
+        self.client.wait_status(self.client.put_job("r", body())["job"]["id"], "running")
+        refused = self.client.delete("/host/jobs/r?remove=true")
+        self.assertEqual((refused.status_code, refused.json()["code"]), (409, "conflict"))
+        self.assertIn("stop it first", refused.json()["message"])
+        self.assertEqual(self.client.job("r")["status"], "running")  # nothing lost
+        container = self.container_of("r")
+        forced = self.client.delete("/host/jobs/r?remove=true&force=true")
+        self.assertEqual((forced.status_code, forced.json()["removed"]), (202, False))
+        wait_until(lambda: self.client.get("/host/jobs/r").status_code == 404, 10,
+                   "the forced job removed once it ended")
+        self.assertNotIn(container, self.runtime.containers)
+        stop_events = [e for e in self.client.get("/host/events?since=0").json()["events"]
+                       if e["job_id"] == "r" and e["event"] == "stop"]
+        self.assertEqual(stop_events[0]["job"]["status"], "stopped")  # its end was published
+        self.client.put_job("e", body())
+        self.client.wait_status("e", "running")
+        self.runtime.exit(self.container_of("e"), 0)
+        self.client.wait_status("e", "done")
+        removed = self.client.delete("/host/jobs/e?remove=true")
+        self.assertEqual((removed.status_code, removed.json()["removed"]), (200, True))
+        self.assertEqual(self.client.get("/host/jobs/e").status_code, 404)
+        self.assertEqual(self.client.delete("/host/jobs/e?remove=true").status_code, 404)
+        bad = self.client.delete("/host/jobs/e?remove=perhaps")
+        self.assertEqual(bad.status_code, 400)
+
+    def test_wait_answers_once_the_job_ends(self):
+        self.client.wait_status(self.client.put_job("w", body())["job"]["id"], "running")
+        early = self.client.get("/host/jobs/w/wait?timeout=0.2").json()
+        self.assertEqual(early["status"], "running")  # the timeout ran out first
+        waiter = gevent.spawn(self.client.get, "/host/jobs/w/wait?timeout=30")
+        gevent.sleep(0.2)
+        self.assertFalse(waiter.ready())
+        self.runtime.exit(self.container_of("w"), 4)
+        answer = waiter.get(timeout=10).json()
+        self.assertEqual((answer["status"], answer["exit_status"]), ("crashed", 4))
+        self.assertEqual(self.client.get("/host/jobs/nope/wait").status_code, 404)
+        self.assertEqual(self.client.get("/host/jobs/w/wait?timeout=-1").status_code, 400)
 
     def test_retention_removes_oldest_ended(self):
         self.agent.supervisor.retain_ended = 2

@@ -36,7 +36,7 @@ class CliTest(DockerAgentTestCase):
         table = cli("ps", addr=self.addr)
         self.assertEqual(table.returncode, 0, table.stderr)
         lines = table.stdout.splitlines()
-        self.assertEqual(lines[0].split(), ["JOB", "ID", "STATE", "IMAGE", "COMMAND", "CREATED",
+        self.assertEqual(lines[0].split(), ["JOB", "ID", "IMAGE", "COMMAND", "CREATED", "STATE",
                                             "HOST", "PORTS"])
         self.assertIn("cli-run", table.stdout)
         self.assertNotIn("cli-done", table.stdout)
@@ -47,7 +47,7 @@ class CliTest(DockerAgentTestCase):
         self.assertTrue({"cli-done", "cli-run"} <= set(cli("ps", "-a", "-q",
                                                            addr=self.addr).stdout.split()))
         listed = simplejson.loads(cli("ps", "-a", "--json", addr=self.addr).stdout)
-        states = {j["job"]["id"]: j["status"] for j in listed}
+        states = {j["id"]: j["status"] for j in listed}
         self.assertEqual((states["cli-run"], states["cli-done"]), ("running", "done"))
 
     def test_ps_through_the_cluster(self):
@@ -82,7 +82,8 @@ class CliTest(DockerAgentTestCase):
         stopped = cli("stop", "--timeout", "0", "cli-stop", "-H", self.addr)
         self.assertEqual((stopped.returncode, stopped.stdout, stopped.stderr),
                          (0, "cli-stop\n", ""))  # piped: no progress line
-        self.assertEqual(self.client.job("cli-stop")["exit_status"], 137)  # stop waited
+        stopped = self.client.job("cli-stop")  # stop waited; asked for, so `stopped`
+        self.assertEqual((stopped["status"], stopped["exit_status"]), ("stopped", 137))
 
     def test_progress_on_a_terminal_only(self):
         self.client.put_job("cli-slow", job_body(["sleep", "300"]))  # PID 1 ignores TERM
@@ -124,13 +125,13 @@ class CliTest(DockerAgentTestCase):
         self.assertIn("examples:", helped.stdout)
 
     def test_every_usage_error_exits_2_with_one_line_naming_the_problem(self):
-        cases = {("frobnicate",): "unknown command", ("inspect",): "job_id",
+        cases = {("frobnicate",): "unknown command", ("inspect",): "JOB",
                  ("run",): "IMAGE is required", ("run", "-e", "X", "img"): "not KEY=VALUE",
                  ("run", "-p", "abc", "img"): "not a port", ("run", "-m", "12x", "img"):
                  "not a memory size", ("run", "--cpu", "x", "img"): "--cpu",
-                 ("run", "-d", "-t", "img"): "-d cannot go with", ("stop",): "job_ids",
+                 ("run", "-d", "-t", "img"): "-d cannot go with", ("stop",): "JOB",
                  ("signal", "x"): "signal", ("events", "--since", "abc"): "--since",
-                 ("attach",): "job_id", ("log", "--tail", "-1", "x"): "--tail",
+                 ("attach",): "JOB", ("log", "--tail", "-1", "x"): "--tail",
                  ("ps", "--bogus"): "--bogus", ("inspect", "cli-run/log"): "not a job id",
                  ("stop", "ok", "a?b"): "not a job id", ("run", "--id", "a b", "img"):
                  "not a job id"}
@@ -291,11 +292,12 @@ class CliClusterTest(ClusterTestCase):
         self.assertEqual((placed.returncode, placed.stdout), (0, "cl-bg\n"), placed.stderr)
         wait_until(lambda: "cl-bg" in cli("ps", "--cluster", "-q", addr=via).stdout.split(), 15,
                    "cl-bg listed by ps --cluster")
-        rows = [r.split() for r in cli("ps", "--cluster", "-a", addr=via).stdout.splitlines()]
-        self.assertEqual(rows[0][:3], ["JOB", "ID", "STATE"])
-        by_id = {r[0]: r for r in rows[1:]}
-        self.assertEqual(by_id["cl-on"][1], "crashed")
-        self.assertIn(third.host_id, by_id["cl-on"])
+        table = cli("ps", "--cluster", "-a", addr=via).stdout.splitlines()
+        self.assertEqual(table[0].split()[:3], ["JOB", "ID", "IMAGE"])
+        on_third = next(row for row in table if row.startswith("cl-on "))
+        self.assertRegex(on_third, r"crashed \(6\) .* ago")
+        self.assertIn(third.host_id, on_third)
+        self.assertIn("'echo on-third; exit 6'", on_third)  # the command, from the mirror
         listed = simplejson.loads(cli("ps", "--cluster", "--json", addr=via).stdout)
         bg_host = next(j["host_id"] for j in listed if j["id"] == "cl-bg")
 
@@ -306,6 +308,16 @@ class CliClusterTest(ClusterTestCase):
         self.assertEqual((inspected["host_id"], inspected["status"]), (bg_host, "running"))
         stopped = cli("stop", "--timeout", "1", "cl-bg", addr=elsewhere_addr)
         self.assertEqual((stopped.returncode, stopped.stdout), (0, "cl-bg\n"), stopped.stderr)
+        self.assertEqual(simplejson.loads(cli("inspect", "cl-bg", addr=elsewhere_addr).stdout)[
+            "status"], "stopped")
+        # logs, wait and rm of a job on the third host, through the first
+        first_addr = f"{first.ip}:{first.port}"
+        self.assertEqual(cli("logs", "cl-on", addr=first_addr).stdout, "on-third\n")
+        self.assertEqual(cli("logs", "-f", "cl-on", addr=first_addr).stdout, "on-third\n")
+        self.assertEqual(cli("wait", "cl-on", addr=first_addr).stdout, "6\n")
+        removed = cli("rm", "cl-on", addr=first_addr)
+        self.assertEqual((removed.returncode, removed.stdout), (0, "cl-on\n"), removed.stderr)
+        self.assertEqual(third.client.get("/host/jobs/cl-on").status_code, 404)
         missing = cli("inspect", "no-such-job", addr=elsewhere_addr)
         self.assertEqual(missing.returncode, 1)
         self.assertIn("no-such-job", missing.stderr)
@@ -324,14 +336,14 @@ class TerminalSafetyTest(unittest.TestCase):
         import contextlib
         import io
 
-        from host.cli import commands
+        from host.cli import output
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            commands._table([["web\x1b[2J", "busybox\x1b]0;owned\x07", "sh -c \x9bx"]],
-                            ["ID", "IMAGE", "COMMAND"])
+            output.table([["web\x1b[2J", "busybox\x1b]0;owned\x07", "sh -c \x9bx"]],
+                         ["ID", "IMAGE", "COMMAND"])
         text = out.getvalue()
         for raw in ("\x1b", "\x07", "\x9b"):
             self.assertNotIn(raw, text)
         self.assertIn("web\\x1b[2J", text)
         self.assertIn("busybox\\x1b]0;owned\\x07", text)
-        self.assertEqual(commands._printable("plain é ü"), "plain é ü")
+        self.assertEqual(output.printable("plain é ü"), "plain é ü")

@@ -384,7 +384,7 @@ class AddJobsTest(ClusterTestCase):
         self.assertEqual(second.client.job("stopme")["status"], "running")
         resp = third.client.delete(f"/cluster/hosts/{second.host_id}/jobs/stopme?timeout=0")
         self.assertEqual(resp.status_code, 202, resp.text)
-        second.client.wait_status("stopme", "crashed")
+        second.client.wait_status("stopme", "stopped")
         self.assertEqual(third.client.delete("/cluster/hosts/nohost/jobs/x").status_code, 404)
 
     def test_leader_killed_after_acknowledging_every_job_runs_once(self):

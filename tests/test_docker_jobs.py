@@ -59,7 +59,7 @@ class DockerJobsTest(DockerAgentTestCase):
         running = [j["job"]["id"] for j in self.client.get("/host/jobs?status=running").json()]
         self.assertIn("limits", running)
         self.client.delete("/host/jobs/limits?timeout=0")
-        self.client.wait_status("limits", "crashed")
+        self.client.wait_status("limits", "stopped")
 
     def test_failed_when_the_image_is_missing(self):
         job = self.run_to_end("noimage", ["true"], image=MISSING_IMAGE)
@@ -92,7 +92,7 @@ class DockerJobsTest(DockerAgentTestCase):
                                                                  ports=[{"port": port}]))
         self.assertEqual(taken.status_code, 409)
         self.client.delete("/host/jobs/web?timeout=0")
-        self.client.wait_status("web", "crashed")
+        self.client.wait_status("web", "stopped")
 
     def _get_until_served(self, url, timeout=20):
         """httpd needs a moment after the container starts to listen."""
@@ -124,14 +124,15 @@ class DockerJobsTest(DockerAgentTestCase):
             ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"]))
         self.client.wait_status("polite", "running")
         self.assertEqual(self.client.delete("/host/jobs/polite").status_code, 202)
-        self.assertEqual(self.client.wait_status("polite", ("done", "crashed"))["status"], "done")
+        polite = self.client.wait_status("polite", ("done", "crashed", "stopped"))
+        self.assertEqual((polite["status"], polite["exit_status"]), ("stopped", 0))
         # PID 1 without a TERM handler ignores TERM: killed after the timeout
         self.client.put_job("stubborn", job_body(["sleep", "1000"]))
         self.client.wait_status("stubborn", "running")
         started = time.monotonic()
         self.assertEqual(self.client.delete("/host/jobs/stubborn?timeout=1").status_code, 202)
-        job = self.client.wait_status("stubborn", ("done", "crashed"))
-        self.assertEqual((job["status"], job["exit_status"]), ("crashed", 137))
+        job = self.client.wait_status("stubborn", ("done", "crashed", "stopped"))
+        self.assertEqual((job["status"], job["exit_status"]), ("stopped", 137))
         self.assertGreaterEqual(time.monotonic() - started, 0.9)  # TERM was given its second
         self.assertEqual(self.client.delete("/host/jobs/stubborn").status_code, 200)
 

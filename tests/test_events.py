@@ -154,3 +154,37 @@ class PendingAndSharedTest(unittest.TestCase):
         log.append(event(3, "a"))
         _, _, after = events_response(log, {"since": "0"}, environ, waiters)
         self.assertEqual(len(simplejson.loads(after)["events"]), 3)
+
+
+class StoppingAgentTest(unittest.TestCase):
+    """An agent about to stop answers its clients' long-polls and ends their streams, instead of
+    leaving them to the server's stop (which cuts a request off with a bare 500 that clients
+    do not retry); its own waits are not affected."""
+
+    def test_waits_answer_at_once_and_clients_back_off(self):
+        import requests
+
+        from host.runtime.fake import FakeRuntime
+        from tests.support import InProcessAgent
+        host = InProcessAgent(FakeRuntime())
+        try:
+            url = host.client.url
+            cursor = requests.get(f"{url}/host/events", timeout=5).json()["cursor"]
+            poll = gevent.spawn(requests.get, f"{url}/host/events?since={cursor}&wait=30",
+                                timeout=35)
+            stream = gevent.spawn(lambda: requests.get(f"{url}/host/events?stream=true",
+                                                       timeout=35).content)
+            gevent.sleep(0.3)
+            self.assertFalse(poll.ready() or stream.ready())  # both waiting
+            started = time.monotonic()
+            host.agent.end_waits()
+            answer = poll.get(timeout=5)
+            self.assertEqual(stream.get(timeout=5).strip(), b"")  # ended: keep-alives only
+            self.assertLess(time.monotonic() - started, 2)
+            self.assertEqual((answer.status_code, answer.json()["code"], answer.json()["retry"]),
+                             (503, "unavailable", True))
+            # the agent's own wait for changes (its heartbeat's) still waits
+            found, _ = host.agent.table.events.wait(cursor, 0.2)
+            self.assertEqual(found, [])
+        finally:
+            host.close()

@@ -76,7 +76,7 @@ class SharedEngineTest(RaceTestCase):
             self.assertEqual(labels["flynn-host.id"], agent.host_id)
         # and each stops only its own
         short.client.delete("/host/jobs/x-y?timeout=0")
-        short.client.wait_status("x-y", "crashed")
+        short.client.wait_status("x-y", "stopped")
         self.assertTrue(self.runtime.inspect(theirs["container_id"]).running)
 
 

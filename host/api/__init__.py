@@ -11,8 +11,11 @@ import bottle
 import simplejson
 
 from host.api import attach as attach_routes
+from host.api import attach_relay as attach_relay_routes
 from host.api.browsers import BrowserGuard
 from host.api import cluster as cluster_routes
+from host.api import dashboard as dashboard_routes
+from host.api import cluster_jobs as cluster_jobs_routes
 from host.api import health as health_routes
 from host.api import host as host_routes
 from host.api import metrics as metrics_routes
@@ -126,9 +129,12 @@ def create_app(agent) -> bottle.Bottle:
     app.install(json_errors)
     app.default_error_handler = router_error
     health_routes.install(app, agent)
-    host_routes.install(app, agent)
+    own_jobs = host_routes.install(app, agent)
     cluster_routes.install(app, agent)
-    attach_routes.install(app, agent)
+    cluster_jobs_routes.install(app, agent, own_jobs)
+    local_attach = attach_routes.install(app, agent)
+    attach_relay_routes.install(app, agent, local_attach)
+    dashboard_routes.install(app, agent)
     if agent.config.metrics:
         metrics_routes.install(app, agent)
     openapi.install(app)

@@ -102,6 +102,7 @@ def install(app: bottle.Bottle, agent):
                 attached[job_id] -= 1
                 if attached[job_id] <= 0:
                     del attached[job_id]
+    return attach  # host/api/attach_relay.py attaches this host's own jobs with it
 
 
 def _serve(agent, environ, job_id: str, size: tuple):
@@ -183,10 +184,21 @@ def _session(agent, job_id: str, slot, ws):
     if job.status in FINAL_STATES:
         _send_json(ws, _exit_message(job))
         return
-    _while_connected(ws, slot.created.wait)
-    if not slot.created.is_set() and not agent.table.get(job_id).container_id:
+    def created_or_ended(seconds: float) -> bool:
+        # a job that fails before it has a container (an image it cannot pull) ends here
+        if slot.created.wait(min(seconds, 0.2)):
+            return True
+        found = agent.table.find(job_id)
+        return found is None or found.is_final
+    _while_connected(ws, created_or_ended)
+    job = agent.table.find(job_id)
+    if job is None:
+        raise errors.NotFound(f"job {job_id!r} was removed")
+    if job.status in FINAL_STATES and not slot.created.is_set():
+        _send_json(ws, _exit_message(job))
+        return
+    if not slot.created.is_set() and not job.container_id:
         raise errors.Conflict(f"job {job_id!r} has no container yet; try again")
-    job = agent.table.get(job_id)
     attachment = agent.runtime.attach(job.container_id, job.job.config.tty)
     slot.attached.set()
     if slot.size:

@@ -33,9 +33,13 @@ def events_response(log: EventLog, query, environ, waiters: Waiters) -> tuple:
             environ, "stream", UntilClientLeaves(_stream(log, since, match), environ))
     if wait > 0:
         with waiters.held(environ, "longpoll"):
-            found, cursor = log.wait(since, wait, match)
+            found, cursor = log.wait(since, wait, match, for_client=True)
     else:
-        found, cursor = log.wait(since, wait, match)
+        found, cursor = log.wait(since, wait, match, for_client=True)
+    if not found and log.closed:
+        # no answer at once again and again to a client that asks at once again: it backs off
+        raise errors.Unavailable("the agent is stopping; ask again from the same cursor once "
+                                 "it is back", retry=True)
     # events are serialized once, when published; an answer only joins them, and the answers
     # without a filter are joined once for every waiter that asked from the same cursor
     def page() -> bytes:
@@ -53,7 +57,7 @@ def _stream(log: EventLog, since: int, match):
     while True:
         try:
             before = cursor
-            found, cursor = log.wait(cursor, STREAM_KEEPALIVE_S, match)
+            found, cursor = log.wait(cursor, STREAM_KEEPALIVE_S, match, for_client=True)
         except errors.CursorExpired as e:
             yield (simplejson.dumps({"error": e.to_dict()}) + "\n").encode()
             return
@@ -61,6 +65,8 @@ def _stream(log: EventLog, since: int, match):
             yield log.shared(("lines", before, cursor), lambda found=found: _lines(found))
         else:
             yield _lines(found)
+        if log.closed:
+            return  # the agent is stopping: the stream ends; its consumer resumes elsewhere
 
 
 def _lines(found: list) -> bytes:

@@ -9,7 +9,7 @@ from host import errors
 from host.api.events import events_response
 from host.api.streams import UntilClientLeaves
 from host.api.http import (bool_param, checked_id, choice_param, float_param, int_param,
-                           json_body, read_json)
+                           json_body, moment_param, read_json)
 from host.errors import ValidationError
 from host.jobspec import check_limits, parse_job
 from host.runtime import STDERR, STDOUT
@@ -17,6 +17,8 @@ from host.types import ALL_STATES
 
 #: longest a stop may wait before SIGKILL, seconds
 MAX_STOP_TIMEOUT_S = 3600.0
+#: longest one GET .../wait holds the request, seconds (a client asks again)
+MAX_WAIT_JOB_S = 3600.0
 
 
 def install(app: bottle.Bottle, agent):
@@ -42,7 +44,11 @@ def install(app: bottle.Bottle, agent):
 
     @app.delete("/host/jobs/<job_id>")
     def stop_job(job_id):
-        timeout = float_param(bottle.request.query, "timeout", 10.0, 0, MAX_STOP_TIMEOUT_S)
+        query = bottle.request.query
+        if bool_param(query, "remove"):
+            job, removed = supervisor.remove(job_id, force=bool_param(query, "force"))
+            return json_body(dict(job.to_dict(), removed=removed), status=200 if removed else 202)
+        timeout = float_param(query, "timeout", 10.0, 0, MAX_STOP_TIMEOUT_S)
         job, already_final = supervisor.stop(job_id, timeout)
         return json_body(job.to_dict(), status=200 if already_final else 202)
 
@@ -61,13 +67,16 @@ def install(app: bottle.Bottle, agent):
         follow = bool_param(query, "follow")
         tail = int_param(query, "tail", None, 0, 1 << 31)
         which = choice_param(query, "stream", ("stdout", "stderr"))
+        since, until = moment_param(query, "since"), moment_param(query, "until")
+        timestamps = bool_param(query, "timestamps")
         if follow:
             job = agent.wait_until_started(job_id)
         if not job.container_id:
             return bottle.HTTPResponse(b"", headers={"Content-Type": "text/plain"})
         chunks = agent.runtime.logs(job.container_id, stdout=which in (None, "stdout"),
                                     stderr=which in (None, "stderr"), follow=follow, tail=tail,
-                                    tty=job.job.config.tty)
+                                    tty=job.job.config.tty, since=since, until=until,
+                                    timestamps=timestamps)
 
         environ = bottle.request.environ
         if follow:
@@ -77,6 +86,18 @@ def install(app: bottle.Bottle, agent):
             body = _output(chunks)
         return bottle.HTTPResponse(body, headers={"Content-Type": "text/plain",
                                                   "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/host/jobs/<job_id>/wait")
+    def wait_job(job_id):
+        """The job once it has ended (`docker wait`), or as it is after `timeout` seconds: the
+        client sees a status not final yet and asks again. Woken by the job's events."""
+        timeout = float_param(bottle.request.query, "timeout", 60.0, 0, MAX_WAIT_JOB_S)
+        table.get(job_id)  # 404 at once for a job that is not here
+        with app.waiters.held(bottle.request.environ, "longpoll"):
+            job = agent.wait_until_final(job_id, timeout)
+        if job is None:  # removed meanwhile (rm -f): ended and gone
+            raise errors.NotFound(f"job {job_id!r} was removed while waited for")
+        return json_body(job.to_dict())
 
     @app.get("/host/events")
     def events():
@@ -93,6 +114,10 @@ def install(app: bottle.Bottle, agent):
         check_limits(job, agent.config.job_limits)
         active, created = supervisor.submit(job)
         return json_body(active.to_dict(), status=202 if created else 200)
+
+    # the cluster's job routes (host/api/cluster_jobs.py) serve this host's own jobs with these
+    return {"get": get_job, "delete": stop_job, "signal": signal_job, "log": job_log,
+            "wait": wait_job}
 
 
 def _output(chunks):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
 import bottle
 import simplejson
 
+from host.clock import parse_moment
 from host.errors import FlynnError, InternalError, RequestTimeout, TooLarge, ValidationError
 from host.types import id_problem
 
@@ -189,6 +191,18 @@ def bool_param(query, name: str) -> bool:
     if lowered in ("0", "false", "no"):
         return False
     raise ValidationError(f"{name}: {raw!r} is not true or false")
+
+
+def moment_param(query, name: str):
+    """A point in time (host.clock.parse_moment: RFC 3339, Unix seconds, or a duration ago by
+    this agent's clock) as Unix seconds, or None when not given."""
+    raw = _raw(query, name)
+    if raw is None:
+        return None
+    try:
+        return parse_moment(raw, time.time())
+    except ValueError as e:
+        raise ValidationError(f"{name}: {e}") from None
 
 
 def choice_param(query, name: str, choices: tuple):

@@ -27,7 +27,7 @@ BOOL = {"type": "boolean"}
 TIME = nullable({"type": "string", "format": "date-time"})
 ID = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}
 STR_MAP = {"type": "object", "additionalProperties": STRING}
-STATES = ["starting", "running", "done", "crashed", "failed"]
+STATES = ["starting", "running", "done", "crashed", "failed", "stopped"]
 
 SCHEMAS = {
     "Error": {
@@ -107,7 +107,7 @@ SCHEMAS = {
             "ports": {"type": "array", "items": ref("PortBinding")},
             "resources": ref("Resources"), "exit_status": nullable(INT),
             "error": nullable(STRING), "created_at": TIME, "started_at": TIME,
-            "ended_at": TIME, "container_id": nullable(STRING),
+            "ended_at": TIME, "command": STRING, "container_id": nullable(STRING),
             "internal_ip": nullable(STRING),
         },
     },
@@ -166,8 +166,8 @@ SCHEMAS = {
     "AddJobsAnswer": {
         "type": "object", "required": ["jobs"],
         "properties": {"jobs": {"type": "array", "items": {
-            "type": "object", "required": ["host_id", "job_id"],
-            "properties": {"host_id": ID, "job_id": ID}}}},
+            "type": "object", "required": ["host_id", "job_id", "host_addr"],
+            "properties": {"host_id": ID, "job_id": ID, "host_addr": nullable(STRING)}}}},
     },
 }
 
@@ -241,6 +241,61 @@ def _without_etcd(operation: dict) -> dict:
                                           **{"404": {"$ref": "#/components/responses/E404"}}))
 
 
+def _anywhere(operation: dict) -> dict:
+    """A job route of /cluster/jobs: any agent serves it for a job on any host, relaying it to
+    that host (503 when the host cannot be reached)."""
+    return dict(operation, summary=operation["summary"] + ", on whichever host has the job",
+                responses=dict(operation["responses"],
+                               **{"404": {"$ref": "#/components/responses/E404"},
+                                  "503": {"$ref": "#/components/responses/E503"}}))
+
+
+TIMESTAMP = {"oneOf": [{"type": "number", "minimum": 0}, STRING]}
+JOB_GET = {"summary": "One job", "parameters": [JOB_ID],
+           "responses": _responses({"200": _json(ref("ActiveJob"))}, 404)}
+JOB_DELETE = {
+    "summary": "Stop a job: SIGTERM, then SIGKILL after `timeout`; with remove=true, forget an "
+               "ended one (its container and record; force=true kills an active one first)",
+    "parameters": [JOB_ID, _query("timeout", {"type": "number", "minimum": 0, "maximum": 3600},
+                                  "seconds before SIGKILL (default 10)"),
+                   _query("remove", {"type": "boolean"}, "remove the ended job"),
+                   _query("force", {"type": "boolean"}, "with remove: kill an active job, "
+                                                        "removed as it ends")],
+    "responses": _responses({"200": _json(ref("ActiveJob"), "already ended (or removed: "
+                                                            "`removed: true`)"),
+                             "202": _json(ref("ActiveJob"), "stopping")}, 404, 409)}
+JOB_SIGNAL = {
+    "summary": "Signal a running job", "parameters": [JOB_ID],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["signal"], "additionalProperties": False,
+        "properties": {"signal": {"oneOf": [STRING, INT]}}}}}},
+    "responses": _responses({"202": _json(ref("ActiveJob"))}, 404, 408, 409, 413, 503)}
+JOB_LOG = {
+    "summary": "A job's output", "parameters": [
+        JOB_ID, _query("follow", {"type": "boolean"}, "keep open until the job ends"),
+        _query("tail", {"type": "integer", "minimum": 0}, "the last N lines"),
+        _query("stream", {"type": "string", "enum": ["stdout", "stderr"]}, "one stream"),
+        _query("since", TIMESTAMP, "lines from this time on: Unix seconds, RFC 3339, or a "
+                                   "duration ago (10m)"),
+        _query("until", TIMESTAMP, "lines before this time (the same forms)"),
+        _query("timestamps", {"type": "boolean"}, "each line starts with its RFC 3339 time")],
+    "responses": _responses({"200": {"description": "the output", "content": {
+        "text/plain": {"schema": STRING}}}}, 404, 429, 503)}
+JOB_ATTACH = {
+    "summary": "stdin, stdout, stderr, signals and TTY size over a WebSocket (RFC 6455); "
+               "docs/API.md has the framing",
+    "parameters": [JOB_ID,
+                   _query("height", {"type": "integer", "minimum": 1, "maximum": 9999},
+                          "the terminal's rows"),
+                   _query("width", {"type": "integer", "minimum": 1, "maximum": 9999},
+                          "the terminal's columns")],
+    "responses": _responses({"101": {"description": "upgraded to a WebSocket"}}, 429)}
+JOB_WAIT = {
+    "summary": "The job once it has ended, or as it is after `timeout` seconds",
+    "parameters": [JOB_ID, _query("timeout", {"type": "number", "minimum": 0, "maximum": 3600},
+                                  "seconds to wait (default 60)")],
+    "responses": _responses({"200": _json(ref("ActiveJob"))}, 404, 429)}
+
 PATHS = {
     "/healthz": {"get": {
         "summary": "Liveness: the process serves (the one route without a token)",
@@ -272,48 +327,32 @@ PATHS = {
         "parameters": [_query("status", {"type": "string", "enum": STATES}, "only this state")],
         "responses": _responses({"200": _json({"type": "array", "items": ref("ActiveJob")})})}},
     "/host/jobs/{job_id}": {
-        "get": {"summary": "One job", "parameters": [JOB_ID],
-                "responses": _responses({"200": _json(ref("ActiveJob"))}, 404)},
+        "get": JOB_GET,
         "put": {"summary": "Run a job here (idempotent by id)", "parameters": [JOB_ID],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": ref("JobSpec")}}},
                 "responses": _responses({"200": _json(ref("ActiveJob"), "the same job, known"),
                                          "202": _json(ref("ActiveJob"), "accepted")},
                                         408, 409, 413, 503)},
-        "delete": {"summary": "Stop a job: SIGTERM, then SIGKILL after `timeout`",
-                   "parameters": [JOB_ID, _query("timeout", {"type": "number", "minimum": 0,
-                                                             "maximum": 3600},
-                                                 "seconds before SIGKILL (default 10)")],
-                   "responses": _responses({"200": _json(ref("ActiveJob"), "already ended"),
-                                            "202": _json(ref("ActiveJob"), "stopping")},
-                                           404)},
+        "delete": JOB_DELETE,
     },
-    "/host/jobs/{job_id}/signal": {"post": {
-        "summary": "Signal a running job", "parameters": [JOB_ID],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["signal"], "additionalProperties": False,
-            "properties": {"signal": {"oneOf": [STRING, INT]}}}}}},
-        "responses": _responses({"202": _json(ref("ActiveJob"))}, 404, 408, 409, 413, 503)}},
-    "/host/jobs/{job_id}/log": {"get": {
-        "summary": "A job's output", "parameters": [
-            JOB_ID, _query("follow", {"type": "boolean"}, "keep open until the job ends"),
-            _query("tail", {"type": "integer", "minimum": 0}, "the last N lines"),
-            _query("stream", {"type": "string", "enum": ["stdout", "stderr"]}, "one stream")],
-        "responses": _responses({"200": {"description": "the output", "content": {
-            "text/plain": {"schema": STRING}}}}, 404, 429, 503)}},
-    "/host/jobs/{job_id}/attach": {"get": {
-        "summary": "stdin, stdout, stderr, signals and TTY size over a WebSocket (RFC 6455); "
-                   "docs/API.md has the framing",
-        "parameters": [JOB_ID,
-                       _query("height", {"type": "integer", "minimum": 1, "maximum": 9999},
-                              "the terminal's rows"),
-                       _query("width", {"type": "integer", "minimum": 1, "maximum": 9999},
-                              "the terminal's columns")],
-        "responses": _responses({"101": {"description": "upgraded to a WebSocket"}}, 429)}},
+    "/host/jobs/{job_id}/signal": {"post": JOB_SIGNAL},
+    "/host/jobs/{job_id}/log": {"get": JOB_LOG},
+    "/host/jobs/{job_id}/wait": {"get": JOB_WAIT},
+    "/host/jobs/{job_id}/attach": {"get": JOB_ATTACH},
     "/host/events": {"get": {
         "summary": "This host's job events: a long-poll, or a stream",
         "parameters": [SINCE, WAIT, STREAM, _query("job_id", STRING, "only this job's")],
         "responses": _responses({"200": EVENTS_OK}, 410, 429)}},
+    "/cluster/jobs/{job_id}": {"get": _anywhere(JOB_GET), "delete": _anywhere(JOB_DELETE)},
+    "/cluster/jobs/{job_id}/signal": {"post": _anywhere(JOB_SIGNAL)},
+    "/cluster/jobs/{job_id}/log": {"get": _anywhere(JOB_LOG)},
+    "/cluster/jobs/{job_id}/wait": {"get": _anywhere(JOB_WAIT)},
+    "/cluster/jobs/{job_id}/attach": {"get": _anywhere(JOB_ATTACH)},
+    "/cluster/hosts/{host_id}/jobs/{job_id}/attach": {"get": dict(
+        _anywhere(JOB_ATTACH), summary=JOB_ATTACH["summary"] + ", on the named host (the job "
+                                                               "may not be there yet)",
+        parameters=[HOST_ID] + JOB_ATTACH["parameters"])},
     "/cluster/leader": {"get": _without_etcd({
         "summary": "The leader, as this agent's view has it",
         "responses": _responses({"200": _json(ref("Leader"))}, 503)})},

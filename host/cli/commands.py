@@ -1,7 +1,11 @@
-"""Client subcommands: `flynn-host run | attach | ps | inspect | log | stop | signal | status |
-leader | hosts | events | leave`. Tables for people, `--json` for programs. Exit codes: 0 ok, 1
-the agent answered with an error (its message on one line of stderr), 2 usage error, 3 agent
-unreachable.
+"""Client subcommands (`flynn-host --help` lists them), with docker's habits: short ids and
+relative times in tables, a unique id prefix accepted for a job, `--json` and `--format` for
+programs. Job commands go through the one agent named by -H, which reaches the job's host
+(/cluster/jobs/<id>): a workstation that reaches one agent manages the whole cluster.
+
+Exit codes: 0 ok, 1 the agent answered with an error (its message on one line of stderr), 2
+usage error, 3 agent unreachable; `run` passes the job's own exit status through (125: the job
+could not be started).
 """
 from __future__ import annotations
 
@@ -11,11 +15,18 @@ import sys
 import time
 
 import gevent
+import gevent.event
 import simplejson
+
+import host as host_package
 
 from host import errors
 from host.auth import TokenError, client_token
-from host.client import AgentUnreachable, ClusterClient, HostClient
+from host.cli import output
+from host.cli.output import print_json, printable
+from host.client import AgentUnreachable, ClusterClient, ClusterJobs, HostClient
+from host.clock import parse_moment
+from host.types import ALL_STATES as STATES
 from host.types import id_problem
 
 EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -94,156 +105,322 @@ class Progress:
         return False
 
 
-def _print_json(value):
-    print(simplejson.dumps(value, indent=2, sort_keys=True))
+def _jobs(args) -> ClusterJobs:
+    """Jobs of any host, through the agent at -H."""
+    return ClusterJobs(args.addr, token=args.token)
 
 
-#: C0 and C1 control characters (ESC among them): a job's image, command, error or id, shown to
-#: a person, could otherwise move the cursor, recolour or retitle their terminal
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-
-
-def _printable(value) -> str:
-    """`value` as text safe for a terminal: control characters shown as \\xNN."""
-    return str(value).translate(_CONTROL)
-
-
-def _table(rows: list, headers: list):
-    rows = [[_printable(x) for x in row] for row in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-    for row in [headers] + rows:
-        print("   ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-
-
-def _ports(ports: list) -> str:
-    return ",".join(f"{p['port']}->{p['container_port']}/{p['proto']}" for p in ports)
-
-
-def _hosts_of(addr: str, job_ids: list, token) -> list:
-    """[(HostClient of the host running the job, its ActiveJob)] for each of `job_ids`: the
-    agent at `addr` if it has the job, else the host the cluster leader's mirror places it on
-    (read once for all of them), so that `ps --cluster -q | xargs flynn-host stop` works from
-    any host."""
-    local, mirror, found = HostClient(addr, token=token), None, []
+def _resolve(args, job_ids: list) -> list:
+    """The full ids of `job_ids`, each the id itself or a unique prefix of one (as docker takes
+    a container's), looked up on the agent's own host and in the cluster's mirror."""
+    jobs, known, resolved = _jobs(args), None, []
     for job_id in job_ids:
         try:
-            found.append((local, local.job(job_id)))
+            jobs.job(job_id)
+            resolved.append(job_id)
             continue
-        except errors.NotFound as not_here:
-            if mirror is None:
-                try:
-                    mirror = ClusterClient(addr, token=token).hosts()
-                except errors.FlynnError:
-                    raise not_here from None  # no cluster to ask: the local answer stands
-        host_addr = next((host["addr"] for host in mirror
-                          if any(job["id"] == job_id for job in host.get("jobs", []))), None)
-        if host_addr is None:
-            raise errors.NotFound(f"no job {job_id!r} on this host or elsewhere in the cluster")
-        remote = HostClient(host_addr, token=token)
-        found.append((remote, remote.job(job_id)))
-    return found
+        except errors.NotFound as not_found:
+            if known is None:
+                known = _known_job_ids(args)
+            matches = sorted(j for j in known if j.startswith(job_id))
+            if len(matches) > 1:
+                raise errors.FlynnError(f"{job_id!r} is the start of several job ids: "
+                                        f"{', '.join(matches[:5])}"
+                                        f"{', ...' if len(matches) > 5 else ''}") from None
+            if not matches:
+                raise not_found
+            resolved.append(matches[0])
+    return resolved
 
 
-def _host_of(addr: str, job_id: str, token) -> tuple:
-    return _hosts_of(addr, [job_id], token)[0]
+def _known_job_ids(args) -> set:
+    ids = {job["job"]["id"] for job in HostClient(args.addr, token=args.token).jobs()}
+    try:
+        hosts = ClusterClient(args.addr, token=args.token).hosts()
+    except (errors.NotFound, errors.NotLeader, errors.Unavailable):
+        return ids  # no cluster (or no leader now): this host's jobs are what there is
+    return ids | {job["id"] for host in hosts for job in host.get("jobs", [])}
+
+
+FINAL = ("done", "crashed", "failed", "stopped")
+
+
+def _wait_until_ended(jobs: ClusterJobs, job_id: str, timeout_s: float = 3600) -> dict:
+    """The job once it has ended (each ask held by the agent until it does, or a minute)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = jobs.wait_job(job_id, min(60, max(0.0, deadline - time.monotonic())))
+        if job["status"] in FINAL:
+            return job
+        if time.monotonic() >= deadline:
+            raise errors.FlynnError(f"job {job_id} did not end within {timeout_s:.0f}s")
 
 
 # ---- the commands ---------------------------------------------------------------------------
 
+#: ps's fields: --format's names -> the keys of a row (also its --json shape)
+PS_FIELDS = {"ID": "id", "Status": "status", "State": "state", "Image": "image",
+             "Command": "command", "Host": "host_id", "Ports": "ports",
+             "Created": "created_at", "Started": "started_at", "Ended": "ended_at",
+             "ExitStatus": "exit_status", "Error": "error", "CreatedAgo": "created"}
+
+
+def _ps_row(job: dict, host_id: str, command: str) -> dict:
+    """One shape for a job whether it comes from a host (an ActiveJob) or from the cluster's
+    mirror (a summary): `--json` and `--format` are the same with and without --cluster."""
+    return {"id": job["id"], "host_id": host_id, "status": job["status"],
+            "image": job["image"], "command": command, "ports": job.get("ports") or [],
+            "created_at": job.get("created_at"), "started_at": job.get("started_at"),
+            "ended_at": job.get("ended_at"), "exit_status": job.get("exit_status"),
+            "error": job.get("error")}
+
+
+def _filters(texts: list, statuses: list) -> dict:
+    """--filter KEY=VALUE (repeatable) and --status S[,S] as {key: set of values}."""
+    wanted: dict = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        key = {"state": "status", "host": "host_id", "name": "id"}.get(key, key)
+        if not sep or key not in ("status", "host_id", "id", "image"):
+            raise UsageError(f"flynn-host ps: --filter {text!r}: must be status=, host=, id= "
+                             "or image= with a value")
+        wanted.setdefault(key, set()).add(value)
+    for text in statuses:
+        wanted.setdefault("status", set()).update(s for s in text.split(",") if s)
+    unknown = wanted.get("status", set()) - set(STATES)
+    if unknown:
+        raise UsageError(f"flynn-host ps: no state {sorted(unknown)[0]!r}; states: "
+                         f"{', '.join(STATES)}")
+    return wanted
+
+
+def _matches(row: dict, wanted: dict) -> bool:
+    for key, values in wanted.items():
+        value = row[key] or ""
+        if key in ("id", "image"):  # as docker's name filter: a part of it
+            if not any(v in value for v in values):
+                return False
+        elif value not in values:
+            return False
+    return True
+
+
 def cmd_ps(argv):
-    parser = _parser("ps", "List jobs (running and starting; -a for ended ones too).",
-                     "  flynn-host ps\n  flynn-host ps -a --json\n"
+    parser = _parser("ps", "List jobs: running and starting ones (-a: ended ones too).",
+                     "  flynn-host ps\n  flynn-host ps -a --status crashed,stopped\n"
                      "  flynn-host ps -q | xargs flynn-host stop\n  flynn-host ps --cluster\n"
-                     "  flynn-host ps --host host2")
+                     "  flynn-host ps --filter image=busybox --no-trunc\n"
+                     "  flynn-host ps --format '{{.ID}}\\t{{.Status}}\\t{{.Host}}'\n"
+                     "  flynn-host ps --format json")
     parser.add_argument("-a", "--all", action="store_true", help="include ended jobs")
-    parser.add_argument("-q", "--quiet", action="store_true", help="job ids only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="full job ids only")
     parser.add_argument("--cluster", "-cluster", action="store_true",
                         help="every host's jobs, from the leader")
     parser.add_argument("--host", "-host", metavar="HOST_ID",
                         help="one host's jobs, from the leader")
+    parser.add_argument("--status", "-status", action="append", default=[], metavar="STATE",
+                        help="only jobs in these states (comma-separated or repeated; implies "
+                             f"-a for ended ones): {', '.join(STATES)}")
+    parser.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="status=, host=, id= (a part of it) or image= (a part of it); "
+                             "repeatable")
+    parser.add_argument("--format", metavar="TEMPLATE",
+                        help="a template of {{.Field}} (fields: " + ", ".join(PS_FIELDS) +
+                             "; {{json .}} for the whole row), or json: one object a line")
+    parser.add_argument("--no-trunc", action="store_true",
+                        help="whole ids and commands in the table")
     args = parser.parse_args(argv)
+    wanted = _filters(args.filter, args.status)
+    if args.format and args.format != "json":
+        try:
+            output.check_template(args.format, PS_FIELDS)
+        except output.FormatError as e:
+            raise UsageError(f"flynn-host ps: --format: {e}") from None
     if args.cluster or args.host:
         cluster = ClusterClient(args.addr, token=args.token)
-        hosts = [cluster.host(args.host)] if args.host else cluster.hosts()
-        rows = [dict(job, host_id=host["id"]) for host in hosts for job in host.get("jobs", [])]
-        rows = [{"id": j["id"], "status": j["status"], "image": j["image"], "command": "",
-                 "created_at": j["created_at"], "host_id": j["host_id"], "ports": j["ports"],
-                 "raw": j} for j in rows]
+        with Progress("waiting for the cluster leader"):
+            hosts = [cluster.host(args.host)] if args.host else cluster.hosts()
+        rows = [_ps_row(job, host["id"], job.get("command", ""))
+                for host in hosts for job in host.get("jobs", [])]
     else:
-        rows = [{"id": j["job"]["id"], "status": j["status"], "image": j["job"]["config"]["image"],
-                 "command": " ".join(j["job"]["config"]["cmd"] or []),
-                 "created_at": j["created_at"], "host_id": j["host_id"], "ports": j["ports"],
-                 "raw": j} for j in HostClient(args.addr, token=args.token).jobs()]
-    if not args.all:
+        rows = [_ps_row(dict(j, id=j["job"]["id"], image=j["job"]["config"]["image"]),
+                        j["host_id"], output.command_of(j["job"]["config"]))
+                for j in HostClient(args.addr, token=args.token).jobs()]
+    if not (args.all or "status" in wanted):
         rows = [r for r in rows if r["status"] in ("starting", "running")]
+    rows = [r for r in rows if _matches(r, wanted)]
+    rows.sort(key=lambda r: r["created_at"] or "", reverse=True)  # newest first, as docker
+    now = time.time()
+    for row in rows:
+        row["state"] = output.state_text(row, now)
+        row["created"] = output.ago(row["created_at"], now)
     if args.json:
-        _print_json([r["raw"] for r in rows])
+        print_json([{k: v for k, v in r.items() if k not in ("state", "created")}
+                    for r in rows])
+    elif args.format == "json":
+        for row in rows:
+            print(simplejson.dumps(row, sort_keys=True))
+    elif args.format:
+        for row in rows:
+            print(output.render(args.format, row, PS_FIELDS))
     elif args.quiet:
         for row in rows:
             print(row["id"])
     else:
-        _table([[r["id"], r["status"], r["image"], r["command"][:40], r["created_at"] or "",
-                 r["host_id"], _ports(r["ports"])] for r in rows],
-               ["JOB ID", "STATE", "IMAGE", "COMMAND", "CREATED", "HOST", "PORTS"])
+        def cut(text, width):
+            return text if args.no_trunc else output.truncate(text, width)
+        output.table([[r["id"] if args.no_trunc else r["id"][:output.SHORT_ID], r["image"],
+                       cut(r["command"], output.SHORT_COMMAND), r["created"], r["state"],
+                       r["host_id"], output.ports_text(r["ports"])] for r in rows],
+                     ["JOB ID", "IMAGE", "COMMAND", "CREATED", "STATE", "HOST", "PORTS"])
 
 
 def cmd_inspect(argv):
-    parser = _parser("inspect", "Show a job in full (JSON), on whichever host of the cluster runs "
-                     "it.", "  flynn-host inspect web-1")
-    parser.add_argument("job_id", type=_job_id)
+    parser = _parser("inspect", "Show jobs in full (JSON), on whichever host of the cluster "
+                     "runs them.", "  flynn-host inspect web-1\n  flynn-host inspect 3f2a9c")
+    parser.add_argument("job_ids", nargs="+", type=_job_id, metavar="JOB")
     args = parser.parse_args(argv)
-    _print_json(_host_of(args.addr, args.job_id, args.token)[1])
+    jobs = _jobs(args)
+    found = [jobs.job(job_id) for job_id in _resolve(args, args.job_ids)]
+    print_json(found[0] if len(found) == 1 else found)
 
 
-def cmd_log(argv):
-    parser = _parser("log", "Print a job's output.",
-                     "  flynn-host log web-1\n  flynn-host log -f --tail 10 web-1")
-    parser.add_argument("job_id", type=_job_id)
+def cmd_log(argv, name="log"):
+    parser = _parser(name, "Print a job's output, from whichever host runs it.",
+                     f"  flynn-host {name} web-1\n  flynn-host {name} -f --tail 10 web-1\n"
+                     f"  flynn-host {name} --since 10m --timestamps web-1\n"
+                     f"  flynn-host {name} --since 2026-12-01T10:00:00Z --until 5m web-1")
+    parser.add_argument("job_id", type=_job_id, metavar="JOB")
     parser.add_argument("-f", "--follow", action="store_true", help="until the job ends")
-    parser.add_argument("--tail", "-tail", type=int, help="only the last N lines")
+    parser.add_argument("-n", "--tail", "-tail", type=int, help="only the last N lines")
+    parser.add_argument("--since", "-since", type=_moment, metavar="TIME",
+                        help="lines from TIME on: RFC 3339 (2026-12-01T10:00:00Z), Unix "
+                             "seconds, or a duration ago (10m, 1h30m)")
+    parser.add_argument("--until", "-until", type=_moment, metavar="TIME",
+                        help="lines before TIME (the same forms)")
+    parser.add_argument("-t", "--timestamps", action="store_true",
+                        help="each line starts with the time it was written (RFC 3339)")
     args = parser.parse_args(argv)
     if args.tail is not None and args.tail < 0:
-        raise UsageError("flynn-host log: --tail must be 0 or more")
+        raise UsageError(f"flynn-host {name}: --tail must be 0 or more")
+    if args.since is not None and args.until is not None and args.until < args.since:
+        raise UsageError(f"flynn-host {name}: --until is before --since")
     out = sys.stdout.buffer
-    host, _ = _host_of(args.addr, args.job_id, args.token)
-    for chunk in host.log(args.job_id, follow=args.follow, tail=args.tail):
+    job_id, = _resolve(args, [args.job_id])
+    for chunk in _jobs(args).log(job_id, follow=args.follow, tail=args.tail, since=args.since,
+                                 until=args.until, timestamps=args.timestamps):
         out.write(chunk)
         out.flush()
 
 
+def cmd_logs(argv):
+    return cmd_log(argv, "logs")
+
+
+def _moment(text: str) -> float:
+    try:
+        return parse_moment(text, time.time())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_stop(argv):
     parser = _parser("stop", "Stop jobs, on whichever hosts run them: SIGTERM, then SIGKILL after "
-                     "the timeout. Returns once they have ended.",
+                     "the timeout. Returns once they have ended (state `stopped`).",
                      "  flynn-host stop web-1 web-2\n  flynn-host stop --timeout 2 web-1\n"
                      "  flynn-host ps --cluster -q | xargs flynn-host stop")
-    parser.add_argument("job_ids", nargs="+", type=_job_id)
-    parser.add_argument("--timeout", "-timeout", type=float, default=None,
+    parser.add_argument("job_ids", nargs="+", type=_job_id, metavar="JOB")
+    parser.add_argument("-t", "--timeout", "-timeout", type=float, default=None,
                         help="seconds before SIGKILL (default 10)")
     args = parser.parse_args(argv)
+    jobs = _jobs(args)
     with Progress(f"stopping {len(args.job_ids)} job(s)"):
-        hosts = [host for host, _ in _hosts_of(args.addr, args.job_ids, args.token)]
-        for host, job_id in zip(hosts, args.job_ids):
-            host.stop_job(job_id, args.timeout)
+        job_ids = _resolve(args, args.job_ids)
+        for job_id in job_ids:
+            jobs.stop_job(job_id, args.timeout)
         # like docker stop: return once they have stopped
-        stopped = [_wait_for_job(host, job_id, final=True,
-                                 timeout_s=(10 if args.timeout is None else args.timeout) + 30)
-                   for host, job_id in zip(hosts, args.job_ids)]
+        grace = (10 if args.timeout is None else args.timeout) + 30
+        stopped = [_wait_until_ended(jobs, job_id, grace) for job_id in job_ids]
     if args.json:
-        _print_json(stopped)
+        print_json(stopped)
     else:
         for job in stopped:
             print(job["job"]["id"])
 
 
+def cmd_kill(argv):
+    parser = _parser("kill", "Send jobs a signal (SIGKILL unless -s says another), as docker "
+                     "kill: returns at once.",
+                     "  flynn-host kill web-1\n  flynn-host kill -s HUP web-1 web-2")
+    parser.add_argument("job_ids", nargs="+", type=_job_id, metavar="JOB")
+    parser.add_argument("-s", "--signal", default="KILL", help="signal name or number "
+                        "(default KILL)")
+    args = parser.parse_args(argv)
+    jobs = _jobs(args)
+    signal = int(args.signal) if args.signal.isdigit() else args.signal
+    killed = [jobs.signal_job(job_id, signal) for job_id in _resolve(args, args.job_ids)]
+    if args.json:
+        print_json(killed)
+    else:
+        for job in killed:
+            print(job["job"]["id"])
+
+
+def cmd_rm(argv):
+    parser = _parser("rm", "Remove ended jobs: their containers and records (-f kills an "
+                     "active one first).",
+                     "  flynn-host rm web-1\n  flynn-host rm -f web-1\n"
+                     "  flynn-host ps -q --status crashed | xargs flynn-host rm")
+    parser.add_argument("job_ids", nargs="+", type=_job_id, metavar="JOB")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="kill an active job and remove it once it has ended")
+    args = parser.parse_args(argv)
+    jobs = _jobs(args)
+    with Progress(f"removing {len(args.job_ids)} job(s)"):
+        job_ids = _resolve(args, args.job_ids)
+        for job_id in job_ids:
+            answer = jobs.remove_job(job_id, force=args.force)
+            if not answer.get("removed"):
+                _wait_until_gone(jobs, job_id)
+            print(job_id, flush=True)
+
+
+def _wait_until_gone(jobs: ClusterJobs, job_id: str):
+    """After rm -f: the job ends (killed), then its host forgets it."""
+    try:
+        _wait_until_ended(jobs, job_id, 60)
+        jobs.remove_job(job_id)  # the host removes it as it ends; this makes sure of it
+    except errors.NotFound:
+        return
+
+
+def cmd_wait(argv):
+    parser = _parser("wait", "Block until jobs end, then print their exit statuses (one a "
+                     "line, as docker wait).",
+                     "  flynn-host wait web-1\n  flynn-host run -d busybox sleep 3 | "
+                     "xargs flynn-host wait")
+    parser.add_argument("job_ids", nargs="+", type=_job_id, metavar="JOB")
+    args = parser.parse_args(argv)
+    jobs = _jobs(args)
+    ended = [_wait_until_ended(jobs, job_id, float("inf"))
+             for job_id in _resolve(args, args.job_ids)]
+    if args.json:
+        print_json(ended)
+        return
+    for job in ended:
+        print(job["exit_status"] if job["exit_status"] is not None else job["status"])
+
+
 def cmd_signal(argv):
     parser = _parser("signal", "Send a signal to a running job.",
                      "  flynn-host signal web-1 HUP")
-    parser.add_argument("job_id", type=_job_id)
+    parser.add_argument("job_id", type=_job_id, metavar="JOB")
     parser.add_argument("signal")
     args = parser.parse_args(argv)
     signal = int(args.signal) if args.signal.isdigit() else args.signal
-    job = _host_of(args.addr, args.job_id, args.token)[0].signal_job(args.job_id, signal)
-    _print_json(job) if args.json else print(job["job"]["id"])
+    job_id, = _resolve(args, [args.job_id])
+    job = _jobs(args).signal_job(job_id, signal)
+    print_json(job) if args.json else print(job["job"]["id"])
 
 
 def cmd_status(argv):
@@ -251,7 +428,7 @@ def cmd_status(argv):
     args = parser.parse_args(argv)
     status = HostClient(args.addr, token=args.token).status()
     if args.json:
-        _print_json(status)
+        print_json(status)
         return
     leader = status["leader"]
     for key, value in (("id", status["id"]), ("addr", status["addr"]),
@@ -260,7 +437,7 @@ def cmd_status(argv):
                        ("docker", status["docker"]), ("etcd", status["etcd"]),
                        ("jobs", ", ".join(f"{k} {v}" for k, v in sorted(status["jobs"].items()))
                         or "none")):
-        print(f"{key + ':':<9}{_printable(value)}")
+        print(f"{key + ':':<9}{printable(value)}")
 
 
 def cmd_leave(argv):
@@ -273,7 +450,7 @@ def cmd_leave(argv):
     with Progress("leaving the cluster"):
         left = HostClient(args.addr, token=args.token).leave()
     if args.json:
-        _print_json(left)
+        print_json(left)
         return
     removed = left.get("etcd_member_removed")
     print(f"{left['host_id']} left the cluster" +
@@ -285,7 +462,7 @@ def cmd_leader(argv):
     args = parser.parse_args(argv)
     with Progress("waiting for a leader"):
         leader = ClusterClient(args.addr, token=args.token).leader()
-    _print_json(leader) if args.json else print(f"{leader['id']} {leader['addr']}")
+    print_json(leader) if args.json else print(f"{leader['id']} {leader['addr']}")
 
 
 def cmd_hosts(argv):
@@ -295,7 +472,7 @@ def cmd_hosts(argv):
     with Progress("waiting for the cluster leader"):
         hosts = ClusterClient(args.addr, token=args.token).hosts()
     if args.json:
-        _print_json(hosts)
+        print_json(hosts)
         return
     rows = []
     for host in hosts:
@@ -305,7 +482,7 @@ def cmd_hosts(argv):
                      f"{used.get('memory_mb', 0)}/{total.get('memory_mb', 0)} MiB",
                      f"{used.get('cpu_shares', 0)}/{total.get('cpu_shares', 0)}",
                      host.get("registered_at", "")])
-    _table(rows, ["HOST ID", "ADDR", "LEADER", "JOBS", "MEMORY", "CPU", "REGISTERED"])
+    output.table(rows, ["HOST ID", "ADDR", "LEADER", "JOBS", "MEMORY", "CPU", "REGISTERED"])
 
 
 def cmd_events(argv):
@@ -325,12 +502,18 @@ def cmd_events(argv):
             print(simplejson.dumps(event), flush=True)
         else:
             job = event.get("job") or {}
-            print(_printable(f"{event['cursor']}  {event['time']}  {event['type']} "
+            print(printable(f"{event['cursor']}  {event['time']}  {event['type']} "
                              f"{event['event']}  host={event['host_id']}" +
                              (f" job={event['job_id']} {job.get('status')}"
                               if event.get("job_id") else "")), flush=True)
     if args.follow:
-        for event in client.follow_events(since=args.since):
+        status = _Reconnecting()
+        if args.since is None:
+            # "from now": the cursor now, so that events while the agent is unreachable
+            # (and retried) are not lost either; an agent down at the start is waited for
+            args.since = _first_cursor(client, status)
+        for event in client.follow_events(since=args.since, on_error=status.failed,
+                                          on_resume=status.resumed):
             show(event)
         return
     try:
@@ -341,6 +524,40 @@ def cmd_events(argv):
         page = client.events(since=e.extra["earliest"])  # "all" means all that is retained
     for event in page["events"]:
         show(event)
+
+
+class _Reconnecting:
+    """What a follow says on stderr: one line when the agent stops answering (not one per
+    retry), one when it answers again."""
+
+    def __init__(self):
+        self.down = False
+
+    def failed(self, error, retry_in_s=None):
+        if not self.down:
+            message = unreachable_message(error) if isinstance(error, AgentUnreachable) \
+                else error.message
+            print(f"flynn-host events: {printable(message)}; waiting for it, retrying...",
+                  file=sys.stderr, flush=True)
+            self.down = True
+
+    def resumed(self):
+        if self.down:
+            print("flynn-host events: reconnected; resuming after the last event seen",
+                  file=sys.stderr, flush=True)
+            self.down = False
+
+
+def _first_cursor(client, status: _Reconnecting) -> int:
+    """The agent's cursor now, asked until it answers."""
+    while True:
+        try:
+            cursor = client.events()["cursor"]
+            status.resumed()
+            return cursor
+        except (AgentUnreachable, errors.Unavailable, errors.NotLeader) as e:
+            status.failed(e)
+            time.sleep(1.0)
 
 
 def _memory_mb(text: str) -> int:
@@ -356,12 +573,18 @@ def _memory_mb(text: str) -> int:
 
 
 def _port(text: str) -> dict:
-    host, _, container = text.rpartition(":")
+    """-p PORT, HOSTPORT:PORT, each with /tcp or /udp (docker's forms)."""
+    spec, _, proto = text.partition("/")
+    host, _, container = spec.rpartition(":")
+    proto = proto.lower() or "tcp"
     try:
-        return {"port": int(host) if host else 0, "container_port": int(container) or None}
+        if proto not in ("tcp", "udp"):
+            raise ValueError
+        return {"port": int(host) if host else 0, "container_port": int(container) or None,
+                "proto": proto}
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not a port: {text!r} (PORT or HOSTPORT:PORT)") from None
+            f"not a port: {text!r} (PORT or HOSTPORT:PORT, then /tcp or /udp)") from None
 
 
 def _job_id(text: str) -> str:
@@ -382,61 +605,106 @@ def _env(text: str) -> tuple:
 
 def cmd_run(argv):
     parser = _parser("run", "Run a job through the cluster (placed by the leader, or on --on "
-                     "HOST). Without -d, print its output and exit with its exit status.",
+                     "HOST). Without -d, attach to it before it starts (none of its output is "
+                     "lost), print its output and exit with its exit status; Ctrl-C sends it "
+                     "SIGINT (a second one detaches, leaving it running).",
                      "  flynn-host run flynn-test/busybox echo hello\n"
                      "  flynn-host run -d -p 8080 -m 64m --id web-1 busybox httpd -f -p 8080\n"
-                     "  flynn-host run --on host2 -e GREETING=hi busybox env")
+                     "  flynn-host run --on host2 -e GREETING=hi -w /tmp -u nobody busybox env\n"
+                     "  flynn-host run -p 5353/udp --entrypoint /bin/sh busybox -c 'nc -lu -p "
+                     "5353'\n  flynn-host run -f job.json")
     parser.add_argument("-e", "--env", "-env", type=_env, action="append", default=[],
                         help="KEY=VALUE, repeatable")
     parser.add_argument("-p", "--port", "-port", type=_port, action="append", default=[],
-                        help="container PORT (a host port is allocated) or HOSTPORT:PORT")
-    parser.add_argument("-m", "--memory", "-memory", type=_memory_mb, default=0,
+                        help="container PORT (a host port is allocated) or HOSTPORT:PORT, "
+                             "/tcp (default) or /udp; repeatable")
+    parser.add_argument("-m", "--memory", "-memory", type=_memory_mb, default=None,
                         help="memory limit, MiB (64, 64m, 1g)")
-    parser.add_argument("--cpu", "-cpu", type=int, default=0, help="CPU shares")
+    parser.add_argument("--cpu", "-cpu", type=int, default=None, help="CPU shares")
+    parser.add_argument("--entrypoint", help="the image's entrypoint instead (one word, as "
+                                             "docker takes it; '' for none)")
+    parser.add_argument("-w", "--workdir", help="working directory in the container")
+    parser.add_argument("-u", "--user", help="USER[:GROUP] to run as")
     parser.add_argument("--id", "-id", type=_job_id, help="job id (default: generated)")
     parser.add_argument("--on", "-on", help="host to run on (default: the leader places it)")
+    parser.add_argument("-f", "--file", metavar="JOB.JSON",
+                        help="the job spec in full (docs/API.md, the Job object; - for stdin); "
+                             "other flags given add to it")
     parser.add_argument("-d", "--detach", action="store_true", help="print the job id and exit")
     parser.add_argument("-i", "--interactive", action="store_true",
-                        help="attach stdin (the job starts once attached: no output is lost)")
+                        help="attach our stdin (without it the job's stdin is closed)")
     parser.add_argument("-t", "--tty", action="store_true",
                         help="give the job a terminal; ours goes raw until it ends")
     parser.add_argument("image", nargs="?")  # checked below: argparse would also ask for CMD
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    if not args.image:
-        raise UsageError("flynn-host run: an IMAGE is required (flynn-host run --help)")
+    job = _job_spec(args)
     if args.detach and (args.interactive or args.tty):
         raise UsageError("flynn-host run: -d cannot go with -i or -t")
-    # stdin: the job waits for our attach before it starts, so none of its output is lost (a
-    # TTY job's input is its terminal either way)
-    job = {"config": {"image": args.image, "cmd": args.cmd or None, "env": dict(args.env),
-                      "ports": args.port, "stdin": args.interactive or args.tty,
-                      "tty": args.tty},
-           "resources": {"memory_mb": args.memory, "cpu_shares": args.cpu}}
-    if args.id:
-        job["id"] = args.id
     cluster = ClusterClient(args.addr, token=args.token)
     with Progress("placing the job (waiting for the cluster leader)"):
         placed = cluster.add_jobs([job], host_id=args.on)[0]
     if args.detach:
-        _print_json(placed) if args.json else print(placed["job_id"])
+        print_json(placed) if args.json else print(placed["job_id"])
         return EXIT_OK
-    host = HostClient(cluster.host(placed["host_id"])["addr"], token=args.token)
-    job_id = placed["job_id"]
-    if args.interactive or args.tty:
-        return _interactive(host.attach(job_id, size=_terminal_size() if args.tty else None),
-                            tty=args.tty, stdin=args.interactive)
-    with Progress(f"starting job {job_id} on {placed['host_id']}"):
-        _wait_for_job(host, job_id)
-    outputs = [gevent.spawn(_copy, host.log(job_id, follow=True, stream=name), target)
-               for name, target in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer))]
-    gevent.joinall(outputs, raise_error=True)
-    ended = _wait_for_job(host, job_id, final=True)
-    if ended["status"] == "failed":
-        print(f"flynn-host run: job {job_id} failed: {_printable(ended['error'])}",
-              file=sys.stderr)
-        return EXIT_RUN_FAILED
-    return ended["exit_status"] if ended["exit_status"] is not None else EXIT_API_ERROR
+    # through the agent at -H, which relays to the chosen host; the job waits for this
+    # attach to start (its spec asks for stdin), so none of its output is missed
+    attachment = _jobs(args).attach_on(placed["host_id"], placed["job_id"],
+                                       size=_terminal_size() if args.tty else None)
+    if not args.interactive and not args.tty:
+        # as docker run without -i: the job reads an empty stdin. (A terminal's input and
+        # output are one stream in the engine: closed, it would take the output with it.)
+        attachment.close_stdin()
+    return _interactive(attachment, tty=args.tty, stdin=args.interactive,
+                        job_id=placed["job_id"])
+
+
+def _job_spec(args) -> dict:
+    """The job `run` submits: -f's spec (if given) with the flags on top."""
+    job = _spec_file(args.file) if args.file else {}
+    config = job.setdefault("config", {})
+    if not isinstance(config, dict):
+        raise UsageError("flynn-host run: -f: `config` must be an object")
+    image = args.image or config.get("image")
+    if not image:
+        raise UsageError("flynn-host run: an IMAGE is required (flynn-host run --help)")
+    config["image"] = image
+    if args.cmd:
+        config["cmd"] = args.cmd
+    config.setdefault("cmd", None)
+    if args.entrypoint is not None:
+        config["entrypoint"] = [args.entrypoint] if args.entrypoint else []
+    if args.workdir:
+        config["working_dir"] = args.workdir
+    if args.user:
+        config["user"] = args.user
+    config["env"] = dict(config.get("env") or {}, **dict(args.env))
+    config["ports"] = list(config.get("ports") or []) + args.port
+    # attached runs start once attached (stdin); detached ones as the spec says
+    config["stdin"] = bool(config.get("stdin")) or not args.detach
+    config["tty"] = bool(config.get("tty")) or args.tty
+    resources = job.setdefault("resources", {})
+    if args.memory is not None:
+        resources["memory_mb"] = args.memory
+    if args.cpu is not None:
+        resources["cpu_shares"] = args.cpu
+    if args.id:
+        job["id"] = args.id
+    return job
+
+
+def _spec_file(path: str) -> dict:
+    try:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+        spec = simplejson.loads(text)
+    except OSError as e:
+        raise UsageError(f"flynn-host run: -f {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"flynn-host run: -f {path}: not JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise UsageError(f"flynn-host run: -f {path}: must be a job object "
+                         '({"config": {"image": ...}, ...})')
+    return spec
 
 
 #: as docker run: the job could not be started at all
@@ -449,14 +717,14 @@ def cmd_attach(argv):
                      "  flynn-host attach -i -t shell-1")
     parser.add_argument("-i", "--interactive", action="store_true", help="send our stdin")
     parser.add_argument("-t", "--tty", action="store_true", help="our terminal goes raw")
-    parser.add_argument("job_id", type=_job_id)
+    parser.add_argument("job_id", type=_job_id, metavar="JOB")
     args = parser.parse_args(argv)
-    host, _ = _host_of(args.addr, args.job_id, args.token)  # a clear 404 before any upgrade
-    attachment = host.attach(args.job_id)
+    job_id, = _resolve(args, [args.job_id])  # a clear 404 before any upgrade
+    attachment = _jobs(args).attach(job_id)
     size = _terminal_size() if args.tty else None
     if size:
         attachment.resize(*size)
-    return _interactive(attachment, tty=args.tty, stdin=args.interactive)
+    return _interactive(attachment, tty=args.tty, stdin=args.interactive, job_id=job_id)
 
 
 def _terminal_size():
@@ -468,8 +736,10 @@ def _terminal_size():
     return (size.lines, size.columns) if size.lines and size.columns else None
 
 
-def _interactive(attachment, tty: bool, stdin: bool) -> int:
-    """Relay an attach until the job ends; returns its exit status."""
+def _interactive(attachment, tty: bool, stdin: bool, job_id: str = "") -> int:
+    """Relay an attach until the job ends; returns its exit status. Without a TTY, the first
+    Ctrl-C is sent to the job as SIGINT (it decides to end) and a second one detaches, leaving
+    the job running (exit 130); SIGTERM is sent to the job."""
     import signal
     restore = None
     if tty and sys.stdin.isatty():
@@ -485,33 +755,67 @@ def _interactive(attachment, tty: bool, stdin: bool) -> int:
             if size:
                 attachment.resize(*size)
         gevent.signal_handler(signal.SIGWINCH, resize)
-    # without a TTY, Ctrl-C and termination go to the job as signals; it decides to end
-    gevent.signal_handler(signal.SIGINT, lambda: attachment.signal("INT"))
+    detached = gevent.event.Event()
+
+    def interrupt():
+        if detached.is_set() or getattr(interrupt, "sent", False):
+            detached.set()
+            return
+        interrupt.sent = True
+        attachment.signal("INT")
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\nflynn-host: SIGINT sent to the job; Ctrl-C again to "
+                             "detach\r\n")
+    gevent.signal_handler(signal.SIGINT, interrupt)
     gevent.signal_handler(signal.SIGTERM, lambda: attachment.signal("TERM"))
     pump = gevent.spawn(_pump_stdin, attachment) if stdin else None
+    relay = gevent.spawn(_outcome, _relay_output, attachment, job_id)
     try:
-        while True:
-            kind, payload = attachment.receive()
-            if kind == "stdout":
-                sys.stdout.buffer.write(payload)
-                sys.stdout.buffer.flush()
-            elif kind == "stderr":
-                sys.stderr.buffer.write(payload)
-                sys.stderr.buffer.flush()
-            elif kind == "exit":
-                if payload["job"]["status"] == "failed":
-                    print(f"flynn-host: job failed: {_printable(payload['error'])}",
-                          file=sys.stderr)
-                    return EXIT_RUN_FAILED
-                return payload["status"] if payload["status"] is not None else EXIT_API_ERROR
-            elif kind == "error":
-                raise errors.FlynnError(payload["message"])
+        gevent.wait([relay, detached], count=1)
+        if not relay.ready():
+            relay.kill()
+            print(f"\r\nflynn-host: detached; job {job_id} keeps running "
+                  f"(flynn-host stop {job_id})", file=sys.stderr)
+            return 130
+        status, error = relay.get()
+        if error is not None:
+            raise error
+        return status
     finally:
         if pump is not None:
             pump.kill(block=False)
         if restore is not None:
             restore()
         attachment.close()
+
+
+def _outcome(function, *args) -> tuple:
+    """(result, None) or (None, the exception): raised again by the caller, not printed by
+    gevent as a greenlet's failure."""
+    try:
+        return function(*args), None
+    except Exception as e:
+        return None, e
+
+
+def _relay_output(attachment, job_id: str) -> int:
+    """The job's output to ours until it ends; its exit status."""
+    while True:
+        kind, payload = attachment.receive()
+        if kind == "stdout":
+            sys.stdout.buffer.write(payload)
+            sys.stdout.buffer.flush()
+        elif kind == "stderr":
+            sys.stderr.buffer.write(payload)
+            sys.stderr.buffer.flush()
+        elif kind == "exit":
+            if payload["job"]["status"] == "failed":
+                print(f"flynn-host: job {printable(job_id)} failed: "
+                      f"{printable(payload['error'])}", file=sys.stderr)
+                return EXIT_RUN_FAILED
+            return payload["status"] if payload["status"] is not None else EXIT_API_ERROR
+        elif kind == "error":
+            raise errors.FlynnError(payload["message"])
 
 
 def _pump_stdin(attachment):
@@ -526,33 +830,81 @@ def _pump_stdin(attachment):
         attachment.send(data)
 
 
-def _copy(chunks, target):
-    for chunk in chunks:
-        target.write(chunk)
-        target.flush()
+def cmd_version(argv):
+    parser = _parser("version", "This client's version, and the agent's when it answers.",
+                     "  flynn-host version\n  flynn-host version -H 10.0.0.7:1113")
+    args = parser.parse_args(argv)
+    mine = {"client": host_package.__version__}
+    try:
+        mine["agent"] = HostClient(args.addr, token=args.token, timeout_s=3).status()["version"]
+    except (AgentUnreachable, errors.FlynnError) as e:
+        mine["agent_error"] = e.message
+    if args.json:
+        print_json(mine)
+        return
+    print(f"client: {mine['client']}")
+    print(f"agent:  {mine.get('agent') or 'unreachable at ' + args.addr}")
 
 
-def _wait_for_job(host: HostClient, job_id: str, final: bool = False, timeout_s: float = 60):
-    """The job once its host has it (from the leader's assignment), or once it has ended."""
-    deadline = time.monotonic() + timeout_s
-    cursor = host.events()["cursor"]
-    while True:
-        try:
-            job = host.job(job_id)
-            if not final or job["status"] in ("done", "crashed", "failed"):
-                return job
-        except errors.NotFound:
-            pass
-        if time.monotonic() > deadline:
-            raise errors.FlynnError(f"job {job_id} did not {'end' if final else 'arrive'} "
-                                    f"within {timeout_s:.0f}s")
-        cursor = host.events(since=cursor, wait=2, job_id=job_id)["cursor"]
+def cmd_completion(argv):
+    parser = _parser("completion", "Print a shell completion script: commands, their options, "
+                     "and job ids from the agent.",
+                     "  source <(flynn-host completion bash)\n"
+                     "  flynn-host completion zsh > ~/.zfunc/_flynn-host")
+    parser.add_argument("shell", choices=("bash", "zsh"))
+    args = parser.parse_args(argv)
+    from host.cli import completion
+    print(completion.script(args.shell, {name: _options_of(name) for name in COMMANDS}))
 
 
-COMMANDS = {"run": cmd_run, "attach": cmd_attach, "ps": cmd_ps, "inspect": cmd_inspect,
-            "log": cmd_log, "stop": cmd_stop,
-            "signal": cmd_signal, "status": cmd_status, "leader": cmd_leader,
-            "hosts": cmd_hosts, "events": cmd_events, "leave": cmd_leave}
+def _options_of(name: str) -> list:
+    """The options a command's parser takes (for completion), found by asking it for help."""
+    import contextlib
+    import io
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit, UsageError):
+        COMMANDS[name](["--help"])
+    words = text.getvalue().replace(",", " ").replace("[", " ").replace("]", " ").split()
+    return sorted({w for w in words if w.startswith("--") or
+                   (len(w) == 2 and w[0] == "-" and w[1].isalpha())})
+
+
+#: every client command, in the order `flynn-host --help` lists them, with its one line there
+SUMMARY = {
+    "run": "run a job through the cluster (attached, or -d)",
+    "ps": "list jobs (-a ended ones, --cluster every host's)",
+    "logs": "print a job's output (-f follow, --since, --timestamps)",
+    "log": "the same as logs",
+    "inspect": "show a job in full (JSON)",
+    "stop": "stop jobs (SIGTERM, then SIGKILL), wait until they end",
+    "kill": "send jobs SIGKILL (or -s SIGNAL)",
+    "signal": "send a job a signal",
+    "wait": "wait for jobs to end, print their exit statuses",
+    "rm": "remove ended jobs (-f kills active ones first)",
+    "attach": "join a running job's output (and stdin with -i)",
+    "events": "print events (-f follows, resuming after reconnecting)",
+    "status": "this agent's status",
+    "hosts": "the cluster's hosts and their allocation",
+    "leader": "the cluster leader",
+    "leave": "remove this host from the cluster for good",
+    "version": "the client's and the agent's versions",
+    "completion": "print a bash or zsh completion script",
+}
+COMMANDS = {"run": cmd_run, "ps": cmd_ps, "logs": cmd_logs, "log": cmd_log,
+            "inspect": cmd_inspect, "stop": cmd_stop, "kill": cmd_kill, "signal": cmd_signal,
+            "wait": cmd_wait, "rm": cmd_rm, "attach": cmd_attach, "events": cmd_events,
+            "status": cmd_status, "hosts": cmd_hosts, "leader": cmd_leader, "leave": cmd_leave,
+            "version": cmd_version, "completion": cmd_completion}
+
+
+def unreachable_message(e: AgentUnreachable) -> str:
+    """One line a person can act on, not urllib3's exception chain."""
+    addr, reason = e.extra.get("addr"), e.extra.get("reason")
+    if not addr or not reason:
+        return e.message
+    addr = addr.split("://", 1)[-1]
+    return (f"cannot reach the agent at {addr}: {reason}; is flynn-host running? "
+            "set -H or FLYNN_HOST_ADDR")
 
 
 def run(name: str, argv: list) -> int:
@@ -562,10 +914,10 @@ def run(name: str, argv: list) -> int:
         print(e, file=sys.stderr)
         return EXIT_USAGE
     except AgentUnreachable as e:
-        print(f"flynn-host {name}: {_printable(e.message)}", file=sys.stderr)
+        print(f"flynn-host {name}: {printable(unreachable_message(e))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except errors.FlynnError as e:
-        print(f"flynn-host {name}: {_printable(e.message)}", file=sys.stderr)
+        print(f"flynn-host {name}: {printable(e.message)}", file=sys.stderr)
         return EXIT_API_ERROR
     except KeyboardInterrupt:
         return 130

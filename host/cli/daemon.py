@@ -96,6 +96,7 @@ def run(argv: list, environ=None) -> int:
              "the host left the cluster" if agent.left.is_set() else "signal")
     notify("STOPPING=1")
     agent.leave_cluster()  # first: the cluster sees us go at once
+    agent.end_waits()
     server.stop(timeout=1)
     agent.stop()
     if crashed and isinstance(agent.crashed.exception, FatalError):

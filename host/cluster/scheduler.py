@@ -278,7 +278,13 @@ class JobScheduler:
             placed.update({job_id: host_id for job_id, (host_id, _) in claimed.items()})
             log.info("request %s: %d job(s) assigned: %s", request_id, len(claimed),
                      ", ".join(f"{job_id}@{host_id}" for job_id, (host_id, _) in claimed.items()))
-        return {"jobs": [{"host_id": placed[p.job.id], "job_id": p.job.id} for p in placements]}
+        return {"jobs": [{"host_id": placed[p.job.id], "job_id": p.job.id,
+                          "host_addr": self._addr_of(placed[p.job.id])} for p in placements]}
+
+    def _addr_of(self, host_id: str):
+        """The address the chosen host serves its API at (what a client attaches to)."""
+        host = self.view.hosts.get(host_id)
+        return host.addr if host is not None else None
 
     def _catch_up(self):
         """Know what is recorded in etcd before deciding anything: jobs assigned but not yet

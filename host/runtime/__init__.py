@@ -110,9 +110,12 @@ class Runtime:
         raise NotImplementedError
 
     def logs(self, container_id: str, *, stdout: bool, stderr: bool, follow: bool,
-             tail: Optional[int], tty: bool) -> Iterator[tuple]:
+             tail: Optional[int], tty: bool, since: Optional[float] = None,
+             until: Optional[float] = None, timestamps: bool = False) -> Iterator[tuple]:
         """(STDOUT|STDERR, bytes) chunks of the container's output. With follow, ends when the
-        container stops. The iterator has close() to let go of the connection early."""
+        container stops. `since`/`until` (Unix seconds) bound the lines by the time the engine
+        took them; `timestamps` puts that time (RFC 3339, nanoseconds) before each line. The
+        iterator has close() to let go of the connection early."""
         raise NotImplementedError
 
     def volume_has(self, volume: str, path: str, image: str) -> bool:

@@ -198,9 +198,16 @@ class DockerRuntime(Runtime):
             api.resize(container_id, height=height, width=width)
 
     def logs(self, container_id: str, *, stdout: bool, stderr: bool, follow: bool,
-             tail: Optional[int], tty: bool) -> Iterator[tuple]:
+             tail: Optional[int], tty: bool, since: Optional[float] = None,
+             until: Optional[float] = None, timestamps: bool = False) -> Iterator[tuple]:
         params = {"stdout": int(stdout), "stderr": int(stderr), "follow": int(follow),
-                  "tail": str(tail) if tail is not None else "all"}
+                  "tail": str(tail) if tail is not None else "all",
+                  "timestamps": int(timestamps)}
+        # the engine takes fractional Unix seconds ("1700000000.5") for both bounds
+        if since is not None:
+            params["since"] = f"{since:.9f}"
+        if until is not None:
+            params["until"] = f"{until:.9f}"
         with self._call(f"reading logs of {container_id[:12]}") as api:
             # docker-py's logs() reads a TTY stream one byte per chunk; read frames ourselves.
             # timeout=None: a followed log may stay silent for hours.

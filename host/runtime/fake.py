@@ -146,7 +146,10 @@ class FakeRuntime(Runtime):
                 yield event
 
     def logs(self, container_id: str, *, stdout: bool, stderr: bool, follow: bool,
-             tail: Optional[int], tty: bool) -> Iterator[tuple]:
+             tail: Optional[int], tty: bool, since: Optional[float] = None,
+             until: Optional[float] = None, timestamps: bool = False) -> Iterator[tuple]:
+        """The fake's output carries no times: since, until and timestamps are the real
+        engine's to honour (tests/test_cli.py checks them against it)."""
         self._check()
         chunks = [(s, d) for s, d in self._get(container_id)["output"]
                   if (s == STDOUT and stdout) or (s != STDOUT and stderr)]
