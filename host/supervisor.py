@@ -26,10 +26,6 @@ from host.types import (CRASHED, DONE, FAILED, RUNNING, STARTING, STOPPED, Activ
 
 log = logging.getLogger(__name__)
 
-#: a job is accepted without pinging the engine again within this many seconds of a ping that
-#: succeeded (with the event stream connected): one ping per job was one engine call in four
-ENGINE_PING_FRESH_S = 1.0
-
 
 def image_registry(image: str) -> str:
     """The registry an image reference names, as Docker reads it: the first component when it
@@ -77,7 +73,7 @@ class JobSupervisor:
         self.registries = tuple(registries)  # registries images may be pulled from; () = any
         self._last_event_nanos: Optional[int] = None
         self.events_connected = False
-        self._engine_answered_at = float("-inf")  # the last ping that succeeded
+        self._ping_in_flight = None  # AsyncResult of the engine ping requests are waiting on
         self.reconciled = gevent.event.Event()  # set once the table matched the engine once
         self._starting = set()        # ids with a _start in progress, so none runs twice
         self._attach_slots: dict = {}  # job id -> AttachSlot
@@ -102,15 +98,13 @@ class JobSupervisor:
         if existing is not None:
             return existing, False
         # 503 now beats accepting a job we cannot start or track. The ping also catches an
-        # engine gone a moment ago, before the event follower noticed; within a second of the
-        # last good ping a job is accepted without one (a burst of jobs is one ping, not one
-        # each), and an engine that went in that second fails its start, which is retried.
+        # engine gone a moment ago, before the event follower noticed. Requests that arrive
+        # while a ping is on its way share it (its answer comes after they arrived): a burst of
+        # jobs costs a ping a wave, not one a job.
         if not self.events_connected:
             raise errors.Unavailable("Docker is unreachable (not following its events); "
                                      "retry shortly")
-        if self.clock.monotonic() - self._engine_answered_at > ENGINE_PING_FRESH_S:
-            self.runtime.ping()  # yields to other greenlets: everything below must not
-            self._engine_answered_at = self.clock.monotonic()
+        self._ping_shared()  # yields to other greenlets: everything below must not
         # From here to the record nothing yields, so the check and the reservation are one step
         # for concurrent requests: none can over-commit the host or take the same id or port.
         existing = self._known(job)
@@ -122,6 +116,22 @@ class JobSupervisor:
         self._accepted[job.id] = self.clock.monotonic()
         self._tasks.spawn_engine_work(self._start, job.id)
         return active, True
+
+    def _ping_shared(self):
+        """Ping the engine, or wait for the ping already on its way (raising what it raised)."""
+        ping = self._ping_in_flight
+        if ping is None:
+            ping = self._ping_in_flight = gevent.event.AsyncResult()
+            try:
+                self.runtime.ping()
+                ping.set(None)
+            except BaseException as e:
+                ping.set_exception(e)
+                raise
+            finally:
+                self._ping_in_flight = None
+        else:
+            ping.get()
 
     def _known(self, job: Job) -> Optional[ActiveJob]:
         existing = self.table.find(job.id)

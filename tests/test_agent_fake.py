@@ -300,8 +300,10 @@ class RestartTest(FakeAgentTestCase):
 class SlowPingRuntime(FakeRuntime):
     """An engine whose ping takes a moment, as a real one's does: concurrent requests interleave
     right there."""
+    pings = 0
 
     def ping(self):
+        self.pings += 1
         gevent.sleep(0.02)
         super().ping()
 
@@ -318,6 +320,21 @@ class ConcurrentRequestTest(FakeAgentTestCase):
         puts = [gevent.spawn(self.client.put, f"/host/jobs/{job_id(n)}", json=job)
                 for n in range(count)]
         return [p.get(timeout=30) for p in puts]
+
+    def test_a_burst_shares_a_ping_and_a_gone_engine_is_a_503_at_once(self):
+        before = self.runtime.pings
+        answers = self.put_all(8, lambda n: f"burst{n}", body())
+        self.assertEqual([a.status_code for a in answers], [202] * 8)
+        self.assertLessEqual(self.runtime.pings - before, 2)  # a wave, not one a job
+        # the engine goes away: the very next job is refused, however recent the last ping
+        self.runtime.available = False
+        refused = self.client.put("/host/jobs/late", json=body())
+        self.assertEqual((refused.status_code, refused.json()["retry"]), (503, True))
+        self.assertIsNone(self.agent.table.find("late"))  # nothing recorded
+        # and every request waiting on that failed ping is refused with it
+        self.runtime.available = False
+        refused = self.put_all(4, lambda n: f"late{n}", body())
+        self.assertEqual([a.status_code for a in refused], [503] * 4)
 
     def test_check_and_reservation_are_one_step(self):
         answers = self.put_all(10, lambda n: f"big{n}", body(resources={"memory_mb": 300}))

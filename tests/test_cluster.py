@@ -291,7 +291,8 @@ class AddJobsTest(ClusterTestCase):
         first, second, third = self.start_three_small()
         resp = self.post_jobs(third, {second.host_id: [dict(job_body(["true"]), id="e1")]})
         self.assertEqual(resp.status_code, 200, resp.text)
-        self.assertEqual(resp.json(), {"jobs": [{"host_id": second.host_id, "job_id": "e1"}]})
+        self.assertEqual(resp.json(), {"jobs": [{"host_id": second.host_id, "job_id": "e1",
+                                                 "host_addr": f"{second.ip}:{second.port}"}]})
         self.assertEqual(second.client.wait_status("e1", "done")["exit_status"], 0)
         # the same request again (a client that lost the answer retries): answered where the
         # job went, as before, though it has ended meanwhile; never run a second time. Sent

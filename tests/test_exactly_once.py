@@ -54,8 +54,9 @@ class ExactlyOnceTest(ClusterTestCase):
                                      (409, "conflict"), resp.text)
                     self.assertIn("another spec", resp.json()["message"])
             again = self.post({"jobs": [spec("same")]}, via=self.third)
-            self.assertEqual(again.json(), {"jobs": [{"host_id": self.second.host_id,
-                                                      "job_id": "same"}]})
+            self.assertEqual(again.json(), {"jobs": [{
+                "host_id": self.second.host_id, "job_id": "same",
+                "host_addr": f"{self.second.ip}:{self.second.port}"}]})
         self.assertEqual(count_containers(self.runtime, "same"), 1)
         self.assertEqual(self.second.client.job("same")["job"]["config"]["cmd"], ["sleep", "60"])
 
@@ -182,7 +183,8 @@ class FencingTest(unittest.TestCase):
         # the same scheduler, once its registration is the oldest, does place
         etcd._client.delete(f"{prefix}/discoverd/services/flynn-host/older")
         self.assertEqual(scheduler.add_jobs({"jobs": [spec("fenced")]}),
-                         {"jobs": [{"host_id": "younger", "job_id": "fenced"}]})
+                         {"jobs": [{"host_id": "younger", "job_id": "fenced",
+                                    "host_addr": "127.0.0.9:1"}]})
         self.assertEqual([r.name for r in claims.read_dir()[1]], ["fenced"])
 
 

@@ -24,7 +24,7 @@ def job(n: int, status: str = "running", **extra) -> dict:
                  "ports": [{"port": 50000 + n, "container_port": 80, "proto": "tcp"}],
                  "resources": {"memory_mb": 64, "cpu_shares": 100}, "exit_status": None,
                  "error": None, "created_at": "2026-01-01T00:00:00.000000Z",
-                 "started_at": None, "ended_at": None}, **extra)
+                 "started_at": None, "ended_at": None, "command": f"sleep {n}"}, **extra)
 
 
 def record(host_id: str, jobs: list, **extra) -> dict:

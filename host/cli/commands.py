@@ -341,11 +341,20 @@ def cmd_stop(argv):
         # like docker stop: return once they have stopped
         grace = (10 if args.timeout is None else args.timeout) + 30
         stopped = [_wait_until_ended(jobs, job_id, grace) for job_id in job_ids]
+    _print_jobs(args, stopped)
+
+
+def _print_jobs(args, jobs: list):
+    """What stop and kill print: the jobs' ids, or (--json) the jobs."""
     if args.json:
-        print_json(stopped)
-    else:
-        for job in stopped:
-            print(job["job"]["id"])
+        print_json(jobs)
+        return
+    for job in jobs:
+        print(job["job"]["id"])
+
+
+def _signal_of(text: str):
+    return int(text) if text.isdigit() else text
 
 
 def cmd_kill(argv):
@@ -357,13 +366,9 @@ def cmd_kill(argv):
                         "(default KILL)")
     args = parser.parse_args(argv)
     jobs = _jobs(args)
-    signal = int(args.signal) if args.signal.isdigit() else args.signal
-    killed = [jobs.signal_job(job_id, signal) for job_id in _resolve(args, args.job_ids)]
-    if args.json:
-        print_json(killed)
-    else:
-        for job in killed:
-            print(job["job"]["id"])
+    signal = _signal_of(args.signal)
+    _print_jobs(args, [jobs.signal_job(job_id, signal)
+                       for job_id in _resolve(args, args.job_ids)])
 
 
 def cmd_rm(argv):
@@ -417,9 +422,8 @@ def cmd_signal(argv):
     parser.add_argument("job_id", type=_job_id, metavar="JOB")
     parser.add_argument("signal")
     args = parser.parse_args(argv)
-    signal = int(args.signal) if args.signal.isdigit() else args.signal
     job_id, = _resolve(args, [args.job_id])
-    job = _jobs(args).signal_job(job_id, signal)
+    job = _jobs(args).signal_job(job_id, _signal_of(args.signal))
     print_json(job) if args.json else print(job["job"]["id"])
 
 

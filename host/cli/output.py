@@ -50,35 +50,29 @@ def seconds_since(moment: str | None, now: float | None = None) -> float | None:
     return (time.time() if now is None else now) - then
 
 
+#: (a span shorter than this many seconds, how it is said) in docker's words
+_MINUTE, _HOUR, _DAY = 60, 3600, 86400
+_SPANS = ((1, lambda s: "Less than a second"),
+          (_MINUTE, lambda s: _plural(s, 1, "second")),
+          (2 * _MINUTE, lambda s: "About a minute"),
+          (_HOUR, lambda s: _plural(s, _MINUTE, "minute")),
+          (2 * _HOUR, lambda s: "About an hour"),
+          (48 * _HOUR, lambda s: _plural(s, _HOUR, "hour")),
+          (14 * _DAY, lambda s: _plural(s, _DAY, "day")),
+          (60 * _DAY, lambda s: _plural(s, 7 * _DAY, "week")),
+          (730 * _DAY, lambda s: _plural(s, 30 * _DAY, "month")),
+          (float("inf"), lambda s: _plural(s, 365 * _DAY, "year")))
+
+
 def duration(seconds: float) -> str:
     """A span as docker says it: "Less than a second", "5 seconds", "About a minute",
     "2 minutes", "About an hour", "3 hours", "2 days", "3 weeks", "4 months", "2 years"."""
     seconds = max(0.0, seconds)
-    if seconds < 1:
-        return "Less than a second"
-    if seconds < 60:
-        return _plural(int(seconds), "second")
-    minutes = seconds / 60
-    if minutes < 2:
-        return "About a minute"
-    if minutes < 60:
-        return _plural(int(minutes), "minute")
-    hours = minutes / 60
-    if hours < 2:
-        return "About an hour"
-    if hours < 48:
-        return _plural(int(hours), "hour")
-    days = hours / 24
-    if days < 14:
-        return _plural(int(days), "day")
-    if days < 60:
-        return _plural(int(days / 7), "week")
-    if days < 730:
-        return _plural(int(days / 30), "month")
-    return _plural(int(days / 365), "year")
+    return next(say(seconds) for limit, say in _SPANS if seconds < limit)
 
 
-def _plural(n: int, unit: str) -> str:
+def _plural(seconds: float, unit_seconds: float, unit: str) -> str:
+    n = int(seconds / unit_seconds)
     return f"{n} {unit}" + ("" if n == 1 else "s")
 
 

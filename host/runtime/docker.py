@@ -10,6 +10,7 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from typing import Iterator, Optional
 
 import docker
@@ -156,12 +157,31 @@ class DockerRuntime(Runtime):
         with self._call(f"signalling container {container_id[:12]}") as api:
             api.kill(container_id, signal=signal)
 
+    #: seconds to wait for a removal someone else started (the engine refuses a second one)
+    removal_wait_s = 30.0
+
     def remove(self, container_id: str) -> None:
         with self._call(f"removing container {container_id[:12]}") as api:
             try:
                 api.remove_container(container_id, force=True, v=True)
             except docker.errors.NotFound:
                 pass
+            except docker.errors.APIError as e:
+                if e.status_code != 409 or "already in progress" not in str(e.explanation):
+                    raise
+                # another removal (an agent before this one, an operator's docker rm) is under
+                # way: the container is going; done once it has gone
+                self._wait_until_gone(api, container_id, e)
+
+    def _wait_until_gone(self, api, container_id: str, refusal):
+        deadline = time.monotonic() + self.removal_wait_s
+        while time.monotonic() < deadline:
+            try:
+                api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return
+            time.sleep(0.1)  # (cooperative: the agent runs monkey-patched)
+        raise refusal
 
     def events(self, labels: dict, since_nanos: Optional[int]) -> Iterator[RuntimeEvent]:
         filters = {"type": "container", "label": _labels_filter(labels)}
