@@ -434,8 +434,10 @@ class ClusterJobs(HostClient):
 
 
 class ClusterClient(_Client):
-    """The cluster API through any agent (it forwards to the leader). Errors marked
-    `retry: true` (no leader yet, leader unreachable) are retried a bounded number of times."""
+    """The cluster API through any agent (it forwards to the leader). Errors the agent answers
+    with `retry: true` (no leader yet, leader unreachable) are retried a bounded number of
+    times; an agent that does not answer at all is not (it is down: saying so at once beats
+    three seconds of retries, as docker's CLI does)."""
     #: attempts for an error that says retry, with growing pauses between them
     attempts = 5
 
@@ -445,7 +447,8 @@ class ClusterClient(_Client):
             try:
                 return super()._json(method, path, **kwargs)
             except errors.FlynnError as e:
-                if not e.retry or attempt == self.attempts - 1:
+                if not e.retry or isinstance(e, AgentUnreachable) or \
+                        attempt == self.attempts - 1:
                     raise
                 log.debug("%s %s: %s; retrying in %.1fs", method, path, e, pause)
                 time.sleep(pause)

@@ -110,6 +110,15 @@ class ClusterRetryTest(unittest.TestCase):
             self.cluster.leader()
         self.assertEqual(len(self.agent.requests), 3 + ClusterClient.attempts)
 
+    def test_an_agent_that_does_not_answer_is_not_retried(self):
+        from tests.support import free_port
+        down = ClusterClient(f"127.0.0.1:{free_port()}", timeout_s=5)
+        started = time.monotonic()
+        with self.assertRaises(AgentUnreachable) as raised:
+            down.hosts()
+        self.assertLess(time.monotonic() - started, 1.0)  # no 3 s of backoff for a dead agent
+        self.assertEqual(raised.exception.extra["reason"], "connection refused")
+
     def test_other_errors_are_not_retried(self):
         self.agent.answers.append((409, {"code": "conflict", "message": "used", "retry": False}))
         with self.assertRaises(errors.Conflict):

@@ -9,7 +9,7 @@ from tests.support import require_docker
 from tests.test_cluster import require_etcd
 
 #: seconds of the soak in the suite (bench/faults.py runs it for 10 minutes)
-SOAK_S = float(os.environ.get("FLYNN_TEST_SOAK_S", 60))
+SOAK_S = float(os.environ.get("FLYNN_TEST_SOAK_S", 30))
 
 
 class FaultTestCase(unittest.TestCase):
