@@ -318,6 +318,13 @@ class CliClusterTest(ClusterTestCase):
         removed = cli("rm", "cl-on", addr=first_addr)
         self.assertEqual((removed.returncode, removed.stdout), (0, "cl-on\n"), removed.stderr)
         self.assertEqual(third.client.get("/host/jobs/cl-on").status_code, 404)
+        # attach through the first to a job on the third: the WebSocket relayed both ways
+        reader = job_body(["sh", "-c", "read x; echo got $x; exit 2"])
+        reader["config"]["stdin"] = True  # it starts once attached
+        third.client.put_job("cl-att", reader)
+        attached = cli("attach", "-i", "cl-att", addr=first_addr, input="relayed\n")
+        self.assertEqual((attached.returncode, attached.stdout), (2, "got relayed\n"),
+                         attached.stderr)
         missing = cli("inspect", "no-such-job", addr=elsewhere_addr)
         self.assertEqual(missing.returncode, 1)
         self.assertIn("no-such-job", missing.stderr)
