@@ -116,11 +116,7 @@ def forward(addr: str, method: str, path: str, query: str, body: bytes, content_
     unchanged), saying which agent forwards it, with the cluster's token, over TLS when `tls`
     (as agent_url); NotLeader (503, retry) if it cannot be reached."""
     url = agent_url(addr, tls) + path + (f"?{query}" if query else "")
-    headers = {FORWARDED_BY: forwarded_by, **bearer(token)}
-    if request_id:  # the leader's log lines for it carry the same id
-        headers["X-Request-Id"] = request_id
-    if content_type:
-        headers["Content-Type"] = content_type
+    headers = forward_headers(forwarded_by, token, request_id, content_type)
     try:
         return requests.request(method, url, data=body or None, headers=headers,
                                 timeout=FORWARD_TIMEOUT_S + extra_timeout_s,
@@ -128,6 +124,19 @@ def forward(addr: str, method: str, path: str, query: str, body: bytes, content_
     except requests.RequestException as e:
         raise errors.NotLeader(f"the leader at {addr} could not be reached: {e}",
                                leader=addr) from e
+
+
+def forward_headers(forwarded_by: str, token: Optional[str], request_id: Optional[str],
+                    content_type: Optional[str]) -> dict:
+    """The headers of a request one agent passes on to another: who passes it, the cluster's
+    token, the client's request id (the other agent's log lines for it carry the same) and the
+    body's type."""
+    headers = {FORWARDED_BY: forwarded_by, **bearer(token)}
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    if content_type:
+        headers["Content-Type"] = content_type
+    return headers
 
 
 def route_path(*parts: str) -> str:

@@ -187,29 +187,30 @@ class JobSupervisor:
             self._remove_once_ended.add(job_id)
             self.stop(job_id, 0)
             return job, False
-        self._forget(job)
+        if self._forget(job):
+            log.info("job %s: removed", job_id)
         return job, True
 
-    def _forget(self, job: ActiveJob):
-        """Remove the job's container, then its record. One removal a job at a time: a second
-        one (rm -f asking again as the job ends) waits for the first, which the engine would
-        otherwise refuse ("removal already in progress")."""
+    def _forget(self, job: ActiveJob) -> bool:
+        """Remove the job's container, then its record; whether this call forgot it (rm, rm -f
+        and retention all end a job so). One removal a job at a time: a second one (rm -f
+        asking again as the job ends) waits for the first, which the engine would otherwise
+        refuse ("removal already in progress"). Raises FlynnError when the engine cannot remove
+        the container; the record is then kept."""
         underway = self._removing.get(job.id)
         if underway is not None:
             underway.wait()
-            return
+            return False
         self._removing[job.id] = done = gevent.event.Event()
         try:
             if job.container_id:
-                try:
-                    self.runtime.remove(job.container_id)
-                except errors.ContainerNotFound:
-                    pass  # gone already: the record goes all the same
-            if self.table.find(job.id) is not None:
-                self.table.forget(job.id)
-                log.info("job %s: removed", job.id)
-                if self._on_forgotten is not None:
-                    self._on_forgotten(job)
+                self.runtime.remove(job.container_id)  # (a container gone already is fine)
+            if self.table.find(job.id) is None:
+                return False
+            self.table.forget(job.id)
+            if self._on_forgotten is not None:
+                self._on_forgotten(job)
+            return True
         finally:
             del self._removing[job.id]
             done.set()
@@ -219,7 +220,8 @@ class JobSupervisor:
         job = self.table.find(job_id)
         if job is not None:
             try:
-                self._forget(job)
+                if self._forget(job):
+                    log.info("job %s: removed once it ended (rm -f)", job_id)
             except errors.FlynnError as e:  # retention removes it later
                 log.warning("job %s: could not remove it: %s", job_id, e)
 
@@ -580,13 +582,8 @@ class JobSupervisor:
         ended = self.table.ended_oldest_first()
         for job in ended[:max(0, len(ended) - self.retain_ended)]:
             try:
-                if job.container_id:
-                    self.runtime.remove(job.container_id)
+                if self._forget(job):
+                    log.debug("job %s: pruned (retention)", job.id)
             except errors.FlynnError as e:
                 log.warning("job %s: could not remove its container yet: %s", job.id, e)
                 return
-            if self.table.find(job.id) is not None:
-                self.table.forget(job.id)
-                log.debug("job %s: pruned (retention)", job.id)
-                if self._on_forgotten is not None:
-                    self._on_forgotten(job)

@@ -111,19 +111,7 @@ def _serve(agent, environ, job_id: str, size: tuple):
     if all(size):
         slot.size = size  # the terminal is sized right as the job starts
     try:
-        # no permessage-deflate: a small compressed frame inflates, inside the WebSocket
-        # library and before any size check, into hundreds of megabytes. Without the
-        # client's offer, the answer names no extension
-        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-        sock = _connection(environ)
-        try:
-            ws = _WebSocket(environ, sock, max_message_size=MAX_MESSAGE_BYTES)
-        except RemoteProtocolError as e:
-            if sock is not client_socket(environ):  # our duplicate; the 400 goes on the other
-                sock.close()
-            raise errors.ValidationError(
-                f"attach: not a valid WebSocket upgrade: {e}") from None
-        environ[UPGRADED] = True
+        ws = upgrade(environ)
         try:
             _session(agent, job_id, slot, ws)
         except simple_websocket.ConnectionClosed:
@@ -145,6 +133,24 @@ def _serve(agent, environ, job_id: str, size: tuple):
         agent.supervisor.release_attach(job_id)
     # never written (see AgentApp.__call__); the access log shows the switch
     return bottle.HTTPResponse(status=101)
+
+
+def upgrade(environ) -> "_WebSocket":
+    """The request's connection as the server end of a WebSocket, the handshake answered; a
+    ValidationError (400) for an upgrade that is not a valid one."""
+    # no permessage-deflate: a small compressed frame inflates, inside the WebSocket library
+    # and before any size check, into hundreds of megabytes. Without the client's offer, the
+    # answer names no extension
+    environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    sock = _connection(environ)
+    try:
+        ws = _WebSocket(environ, sock, max_message_size=MAX_MESSAGE_BYTES)
+    except RemoteProtocolError as e:
+        if sock is not client_socket(environ):  # our duplicate; the 400 goes on the other
+            sock.close()
+        raise errors.ValidationError(f"attach: not a valid WebSocket upgrade: {e}") from None
+    environ[UPGRADED] = True
+    return ws
 
 
 def _send_json(ws, message: dict):

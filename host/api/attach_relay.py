@@ -14,13 +14,11 @@ import logging
 import bottle
 import gevent
 import simple_websocket
-from wsproto.utilities import RemoteProtocolError
 
 from host import client, errors
-from host.api.attach import CLOSE_WAIT_S, MAX_MESSAGE_BYTES, _connection, _WebSocket
-from host.api.cluster_jobs import _host_addr_of
+from host.api.attach import CLOSE_WAIT_S, upgrade
+from host.api.cluster_jobs import host_addr_of
 from host.api.http import checked_id, int_param
-from host.server import UPGRADED, client_socket
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ def install(app: bottle.Bottle, agent, local_attach):
     @app.get("/cluster/jobs/<job_id>/attach")
     def attach_anywhere(job_id):
         checked_id("job id", job_id)
-        addr = _host_addr_of(agent, job_id)
+        addr = host_addr_of(agent, job_id)
         return local_attach(job_id) if addr is None else _relay(app, agent, addr, job_id)
 
     @app.get("/cluster/hosts/<host_id>/jobs/<job_id>/attach")
@@ -73,15 +71,7 @@ def _relay(app, agent, addr: str, job_id: str):
 
 
 def _serve(environ, upstream, job_id: str):
-    environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)  # as host/api/attach.py: no deflate
-    sock = _connection(environ)
-    try:
-        ws = _WebSocket(environ, sock, max_message_size=MAX_MESSAGE_BYTES)
-    except RemoteProtocolError as e:
-        if sock is not client_socket(environ):
-            sock.close()
-        raise errors.ValidationError(f"attach: not a valid WebSocket upgrade: {e}") from None
-    environ[UPGRADED] = True
+    ws = upgrade(environ)
     pumps = [gevent.spawn(_pump, upstream, ws), gevent.spawn(_pump, ws, upstream)]
     gevent.wait(pumps, count=1)  # either side closed: so does the other
     gevent.killall(pumps)

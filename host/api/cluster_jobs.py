@@ -16,7 +16,6 @@ import requests
 from host import client
 from host.api.http import REQUEST_ID_KEY, bool_param, checked_id, float_param, read_body
 from host.api.streams import UntilClientLeaves
-from host.auth import bearer
 from host.errors import NotFound, Unavailable
 
 #: seconds to connect to the job's host; reading may take as long as the relayed request does
@@ -32,7 +31,7 @@ def install(app: bottle.Bottle, agent, own_jobs: dict):
     def job_route(action: str, suffix: str = ""):
         def handler(job_id):
             checked_id("job id", job_id)  # it goes into a relayed URL
-            addr = _host_addr_of(agent, job_id)
+            addr = host_addr_of(agent, job_id)
             if addr is None:
                 return own_jobs[action](job_id)
             return _relay(app, agent, addr, client.route_path("host", "jobs", job_id) + suffix,
@@ -46,7 +45,7 @@ def install(app: bottle.Bottle, agent, own_jobs: dict):
     app.get("/cluster/jobs/<job_id>/wait", callback=job_route("wait", "/wait"))
 
 
-def _host_addr_of(agent, job_id: str):
+def host_addr_of(agent, job_id: str):
     """None when the job is this host's own, else the address of the host that has it."""
     if agent.table.find(job_id) is not None or agent.view is None:
         return None  # ours, or no cluster to look in: the host route answers (404 if unknown)
@@ -66,11 +65,8 @@ def _relay(app, agent, addr: str, path: str, follow: bool) -> bottle.HTTPRespons
     query = request.query_string
     # `path` is quoted already (route_path): kept as it is
     url = client.agent_url(addr, agent.config.peer_tls) + path + (f"?{query}" if query else "")
-    headers = {client.FORWARDED_BY: agent.host_id, **bearer(agent.token)}
-    if request.environ.get(REQUEST_ID_KEY):
-        headers["X-Request-Id"] = request.environ[REQUEST_ID_KEY]
-    if request.content_type:
-        headers["Content-Type"] = request.content_type
+    headers = client.forward_headers(agent.host_id, agent.token,
+                                     request.environ.get(REQUEST_ID_KEY), request.content_type)
     read_timeout = FOLLOW_READ_TIMEOUT_S if follow else \
         client.FORWARD_TIMEOUT_S + float_param(request.query, "timeout", 0, 0, 3600)
     try:

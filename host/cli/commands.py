@@ -760,12 +760,14 @@ def _interactive(attachment, tty: bool, stdin: bool, job_id: str = "") -> int:
                 attachment.resize(*size)
         gevent.signal_handler(signal.SIGWINCH, resize)
     detached = gevent.event.Event()
+    interrupts = 0
 
     def interrupt():
-        if detached.is_set() or getattr(interrupt, "sent", False):
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
             detached.set()
             return
-        interrupt.sent = True
         attachment.signal("INT")
         if sys.stderr.isatty():
             sys.stderr.write("\r\nflynn-host: SIGINT sent to the job; Ctrl-C again to "
