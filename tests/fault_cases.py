@@ -21,6 +21,7 @@ import gevent
 import requests
 
 from host.client import ClusterClient
+from host.cluster.view import CURSOR_SCALE
 from host.discovery.etcd import EtcdDiscovery
 from host.errors import FlynnError
 from host.runtime.labels import LABEL_HOST_ID, LABEL_JOB_ID
@@ -167,14 +168,27 @@ def answered_view(agent: AgentProcess, timeout: float = 10.0) -> dict:
 
 def converged(agents: list, etcd: EtcdDiscovery, expected: dict) -> bool:
     """The cluster agrees with etcd: every host registered, every agent naming the oldest
-    registration as leader, and the leader's mirror showing every host with `expected` jobs
-    ({host id: {job id: status}})."""
+    registration as leader, and the leader's mirror caught up with every registration and
+    showing every host with `expected` jobs ({host id: {job id: status}}). Caught up, because
+    a mirror whose watch is still retrying shows the hosts as they were before etcd went away,
+    which can look just like `expected` until it learns that their keys expired meanwhile."""
     _, registrations = etcd.list_hosts()
     if {r.host_id for r in registrations} != set(expected):
         return False
     oldest = min(registrations, key=lambda r: r.created_index).host_id
+    newest = max(r.created_index for r in registrations)
     return all(leader_of(a) == oldest for a in agents) and \
-        cluster_view(agents[0]) == expected
+        mirror_index(agents[0]) >= newest and cluster_view(agents[0]) == expected
+
+
+def mirror_index(agent: AgentProcess) -> int:
+    """The etcd index up to which the leader's mirror (asked through `agent`) has applied the
+    registrations' changes: its cluster events are numbered index x CURSOR_SCALE + place."""
+    try:
+        resp = agent.client.get("/cluster/events", timeout=5)
+    except requests.RequestException:
+        return -1
+    return resp.json()["cursor"] // CURSOR_SCALE if resp.status_code == 200 else -1
 
 
 def leader_of(agent: AgentProcess) -> Optional[str]:
@@ -447,6 +461,7 @@ def etcd_outage(runtime, peers: str, outage_s=30.0, error_s=0.5, hang_s=6.0) -> 
             "proxy_error_requests": proxy.stats["errors"]["requests"],
             "addjobs_after": placed,
             "view_not_answered": list(VIEW_FAILURES),
+            "jobs_seen": {host: len(jobs) for host, jobs in views[1].items()},
             "heartbeat_failure_warnings": sum(a.log(tail=0).count("WARNING host.discovery."
                                                                   "heartbeat: heartbeat: ")
                                               for a in agents),

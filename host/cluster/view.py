@@ -311,6 +311,9 @@ class _Feed:
     #: changes queued at most (each holds a record: about 40 KB at 100 jobs); a feed that far
     #: ahead of the view waits, and may then find etcd's history gone
     capacity = 10000
+    #: seconds between two tries at most while etcd fails: the mirror is served meanwhile, and
+    #: it should not stay stale for long once etcd answers again (a retry costs etcd one request)
+    retry_max_s = 1.0
 
     def __init__(self, discovery: EtcdDiscovery, after_index: Optional[int], timeout_s: float):
         """From `after_index` on, or (None) from when etcd takes the first request."""
@@ -331,7 +334,7 @@ class _Feed:
             self._start.set(index)
 
     def _fetch(self, discovery: EtcdDiscovery, index: Optional[int], timeout_s: float):
-        backoff = Backoff("cluster view", log)
+        backoff = Backoff("cluster view", log, max_s=self.retry_max_s)
         try:
             while True:
                 try:
