@@ -18,7 +18,8 @@ Modes (BENCH_MODES, comma-separated; default all):
 
 The baseline is the agent's own server (host.server's handler: the same lean header parsing, one
 send an answer) answering the same protocol, long-poll and stream, from an in-memory list, fed at
-the agent side's nominal event rate. In the churn modes a separate process starts `true`
+the agent side's nominal event rate, evenly spaced, with events of the agent's shape and size (a
+job event with its summary, about 500 bytes). In the churn modes a separate process starts `true`
 containers at the agent side's rate meanwhile, so that dockerd, containerd and runc load these
 cores alike on both sides (the same engine calls a job: create, start, an inspect, Docker's
 event stream followed, an inspect for each exit). Both sides publish only once every client is
@@ -439,8 +440,7 @@ def baseline_server(port: int, rate: float):
         started, n = time.monotonic(), 0
         while True:
             n += 1
-            events.append(simplejson.dumps({"cursor": n, "time": datetime.utcnow().isoformat()
-                                            + "Z", "type": "job", "event": "start"}))
+            events.append(baseline_event(n, datetime.utcnow().isoformat() + "Z"))
             old, changed[0] = changed[0], gevent.event.Event()
             old.set()
             gevent.sleep(max(0.0, started + n / rate - time.monotonic()))
@@ -449,6 +449,21 @@ def baseline_server(port: int, rate: float):
     gevent.spawn(generate)
     print(len(events), flush=True)
     gevent.wait()
+
+
+def baseline_event(cursor: int, time_text: str) -> str:
+    """A job event of the shape and size the agent publishes (about 500 bytes: the job's
+    summary rides along), so that both sides send, and the clients read, the same bytes."""
+    job_id = f"baseline-{cursor}"
+    return simplejson.dumps({
+        "cursor": cursor, "type": "job", "event": "create", "host_id": "baseline",
+        "job_id": job_id, "job": {
+            "id": job_id, "status": "starting", "image": MISSING_IMAGE,
+            "spec_digest": "65ff6d3a58f0cffd5049e094d4e4721b", "ports": [],
+            "resources": {"memory_mb": 0, "cpu_shares": 0}, "exit_status": None, "error": None,
+            "created_at": time_text, "started_at": None, "ended_at": None, "command": "true",
+            "container_id": None, "internal_ip": None},
+        "time": time_text})
 
 
 def churn_containers(jobs_per_s: float, seconds: float):

@@ -29,6 +29,12 @@ from host.types import Event
 
 #: longest a read waits past its own `wait` for pending events to become durable
 PENDING_GRACE_S = 1.0
+#: with at least this many waiters, a publication waits for the next before waking them:
+#: WAKE_BATCH_S_PER_WAITER a waiter (about a quarter of what answering one costs), at most
+#: WAKE_BATCH_MAX_S (see _wake)
+WAKE_BATCH_WAITERS = 64
+WAKE_BATCH_S_PER_WAITER = 0.00001
+WAKE_BATCH_MAX_S = 0.02
 
 
 class EventLog:
@@ -42,6 +48,8 @@ class EventLog:
         self._last = last_cursor    # the newest held, pending included
         self._durable = last_cursor  # the newest published: every cursor up to it is durable
         self._changed = gevent.event.Event()
+        self._sleepers = 0          # waits asleep on _changed now
+        self._wake_due = None       # the timer of a batched wake-up, see _wake
         self._closed = False  # close(): the agent is stopping
         self._pages: dict = {}      # key -> an answer's bytes, see shared()
         self.appended = 0           # events appended since this log was made (for /metrics)
@@ -138,9 +146,36 @@ class EventLog:
         self._wake()
 
     def _wake(self):
+        """Wake every waiter, a few milliseconds later when they are many. A wake-up costs a
+        wave of answers, one a waiter (at a thousand long-polls or streams, tens of
+        milliseconds of the loop), and a job's events come in bursts: `created`, then `failed`
+        or `running` one engine call later. Woken at once for each, the waiters answered first
+        see only the first event and are in the next wave for the second, which reaches the
+        last of them two waves late (measured: twice the latency of evenly spaced events).
+        Waiting a fraction of what the wave costs lets that call come back first, so the burst
+        goes out in one wave. A few waiters are woken at once: their wave costs less than the
+        wait would."""
+        if self._sleepers < WAKE_BATCH_WAITERS or self._closed:
+            self._wake_now()
+        elif self._wake_due is None:
+            delay = min(WAKE_BATCH_MAX_S, self._sleepers * WAKE_BATCH_S_PER_WAITER)
+            self._wake_due = gevent.get_hub().loop.timer(delay)
+            self._wake_due.start(self._wake_now)
+
+    def _wake_now(self):
+        if self._wake_due is not None:
+            self._wake_due.close()
+            self._wake_due = None
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
         self._pages.clear()  # the pages of the cursor before are asked for no more
+
+    def _sleep(self, changed: gevent.event.Event, timeout: float):
+        self._sleepers += 1
+        try:
+            changed.wait(timeout)
+        finally:
+            self._sleepers -= 1
 
     def shared(self, key: tuple, build: Callable[[], bytes]) -> bytes:
         """An answer made of the events published so far, built once for every reader that asks
@@ -186,7 +221,7 @@ class EventLog:
             changed = self._changed  # taken before reading, so no append can slip between
             now = time.monotonic()
             if self._durable < settled and now < grace:
-                changed.wait(grace - now)
+                self._sleep(changed, grace - now)
                 continue
             found = self.since(since)
             since = self._durable
@@ -195,4 +230,4 @@ class EventLog:
             remaining = deadline - time.monotonic()
             if found or remaining <= 0 or (for_client and self._closed):
                 return found, since
-            changed.wait(remaining)
+            self._sleep(changed, remaining)

@@ -1,11 +1,13 @@
 """The event log: contiguous cursors, the retained window, and long-poll wake-up."""
 import time
 import unittest
+import unittest.mock
 
 import gevent
 import simplejson
 
 from host.errors import CursorExpired, ValidationError
+from host import events as events_module
 from host.events import EventLog
 from host.types import Event
 
@@ -154,6 +156,49 @@ class PendingAndSharedTest(unittest.TestCase):
         log.append(event(3, "a"))
         _, _, after = events_response(log, {"since": "0"}, environ, waiters)
         self.assertEqual(len(simplejson.loads(after)["events"]), 3)
+
+
+class WakeBatchingTest(unittest.TestCase):
+    """Many waiters are woken once for a burst of publications (a job's `created`, then its
+    `failed` one engine call later), not once for each: the waiters answered first would
+    otherwise ask again and wait a whole second wave for the second event."""
+
+    def waiters(self, log, count):
+        found = [gevent.spawn(log.wait, 0, 10.0) for _ in range(count)]
+        gevent.idle()  # every one asleep on the log
+        return found
+
+    def test_many_waiters_get_a_burst_in_one_answer(self):
+        log = EventLog(capacity=10)
+        with unittest.mock.patch("host.events.WAKE_BATCH_S_PER_WAITER", 0.001):  # 64 ms
+            waiters = self.waiters(log, events_module.WAKE_BATCH_WAITERS)
+            log.append(event(1))
+            gevent.sleep(0)  # one turn of the loop: a wake-up at once would answer them now
+            self.assertFalse(any(w.ready() for w in waiters))
+            log.append(event(2))  # within the batch: no second timer, one wake-up
+            gevent.joinall(waiters, timeout=5)
+        answers = [([e.cursor for e, _ in w.value[0]], w.value[1]) for w in waiters]
+        self.assertEqual(answers, [([1, 2], 2)] * len(waiters))
+
+    def test_few_waiters_are_woken_at_once(self):
+        log = EventLog(capacity=10)
+        with unittest.mock.patch("host.events.WAKE_BATCH_S_PER_WAITER", 10.0):  # would be hours
+            waiters = self.waiters(log, events_module.WAKE_BATCH_WAITERS - 1)
+            log.append(event(1))
+            gevent.joinall(waiters, timeout=5)
+            log.append(event(2))
+        self.assertEqual([([e.cursor for e, _ in w.value[0]], w.value[1]) for w in waiters],
+                         [([1], 1)] * len(waiters))
+
+    def test_closing_wakes_many_waiters_at_once(self):
+        log = EventLog(capacity=10)
+        with unittest.mock.patch("host.events.WAKE_BATCH_S_PER_WAITER", 10.0):
+            waiters = [gevent.spawn(log.wait, 0, 10.0, None, True)
+                       for _ in range(events_module.WAKE_BATCH_WAITERS)]
+            gevent.idle()
+            log.close()
+            gevent.joinall(waiters, timeout=5)
+        self.assertEqual([w.value for w in waiters], [([], 0)] * len(waiters))
 
 
 class StoppingAgentTest(unittest.TestCase):

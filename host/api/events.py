@@ -32,8 +32,11 @@ def events_response(log: EventLog, query, environ, waiters: Waiters) -> tuple:
         return 200, NDJSON_TYPE, waiters.holding(
             environ, "stream", UntilClientLeaves(_stream(log, since, match), environ))
     if wait > 0:
-        with waiters.held(environ, "longpoll"):
+        client = waiters.take(environ, "longpoll")  # (not `with waiters.held`: the hot path)
+        try:
             found, cursor = log.wait(since, wait, match, for_client=True)
+        finally:
+            waiters.give_back(client, "longpoll")
     else:
         found, cursor = log.wait(since, wait, match, for_client=True)
     if not found and log.closed:

@@ -22,7 +22,8 @@ class Waiters:
         self.by_client = collections.Counter()
         self.by_kind = collections.Counter({kind: 0 for kind in KINDS})
 
-    def _take(self, environ, kind: str) -> str:
+    def take(self, environ, kind: str) -> str:
+        """A place for `kind` (its client's address, for give_back); raises TooManyRequests."""
         client = environ.get("REMOTE_ADDR") or "?"
         if self.by_client[client] >= self.per_client:
             raise TooManyRequests(
@@ -33,7 +34,7 @@ class Waiters:
         self.by_kind[kind] += 1
         return client
 
-    def _give_back(self, client: str, kind: str):
+    def give_back(self, client: str, kind: str):
         self.by_kind[kind] -= 1
         self.by_client[client] -= 1
         if self.by_client[client] <= 0:
@@ -42,16 +43,16 @@ class Waiters:
     @contextlib.contextmanager
     def held(self, environ, kind: str):
         """A place for the duration of the block (a long-poll's wait)."""
-        client = self._take(environ, kind)
+        client = self.take(environ, kind)
         try:
             yield
         finally:
-            self._give_back(client, kind)
+            self.give_back(client, kind)
 
     def holding(self, environ, kind: str, body) -> "HeldBody":
         """`body` (an iterable response) holding a place until it is closed or exhausted.
         Raises TooManyRequests at once, before any response is started."""
-        return HeldBody(self, self._take(environ, kind), kind, body)
+        return HeldBody(self, self.take(environ, kind), kind, body)
 
 
 class HeldBody:
@@ -73,7 +74,7 @@ class HeldBody:
     def close(self):
         if self._open:
             self._open = False
-            self._waiters._give_back(self._client, self._kind)
+            self._waiters.give_back(self._client, self._kind)
             close = getattr(self._body, "close", None)
             if close is not None:
                 close()
