@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import gevent.pool
+
 from host import errors
 from host.cluster.scheduler import Assignment, ClaimRecords
 from host.discovery.etcd import IndexCleared, Record, Records
@@ -29,6 +31,9 @@ class AssignmentWatcher:
     watch_timeout_s = 30
     #: seconds to wait for the heartbeat to publish a job before saying so in the log
     publish_wait_s = 10
+    #: assignments taken at once: each waits on etcd for its claim, and one at a time a burst
+    #: of 70 took the host seconds, its engine idle meanwhile
+    intake_concurrency = 8
 
     def __init__(self, host_id: str, records: Records, claims: ClaimRecords,
                  supervisor: JobSupervisor, heartbeat: Heartbeat, spawn):
@@ -38,10 +43,14 @@ class AssignmentWatcher:
         self.supervisor = supervisor
         self.heartbeat = heartbeat
         self._spawn = spawn
+        self._intake = gevent.pool.Pool(self.intake_concurrency)
+        self._take_backoff = Backoff("assignments: taking", log)
 
     def run(self):
-        """Forever: take every assignment there is, then each new one. etcd or Docker failing
-        makes it read them all again, with backoff (an assignment is only deleted once taken)."""
+        """Forever: take every assignment there is, then each new one, from one streamed watch
+        (a request for many changes). etcd failing makes it read them all again, with backoff;
+        a take that fails (etcd, Docker) is tried again by itself (an assignment is only
+        deleted once taken)."""
         index = None
         backoff = Backoff("assignments", log)
         while True:
@@ -49,12 +58,11 @@ class AssignmentWatcher:
                 if index is None:
                     index, found = self.records.read_dir()
                     for record in found:
-                        self._take(record)
-                record = self.records.watch_dir(index, self.watch_timeout_s)
-                if record is not None:
+                        self._take_soon(record)
+                for record in self.records.stream_dir(index, self.watch_timeout_s):
                     index = record.modified_index
                     if not record.removed:
-                        self._take(record)
+                        self._take_soon(record)
             except IndexCleared:
                 index = None
                 continue
@@ -63,6 +71,20 @@ class AssignmentWatcher:
                 backoff.failed(e)
                 continue
             backoff.succeeded()
+
+    def _take_soon(self, record: Record):
+        """Take `record` in a greenlet of the intake's (waiting for a free one: backpressure)."""
+        self._intake.spawn(self._take_until_done, record)
+
+    def _take_until_done(self, record: Record):
+        while True:
+            try:
+                self._take(record)
+            except errors.FlynnError as e:
+                self._take_backoff.failed(e)
+                continue
+            self._take_backoff.succeeded()
+            return
 
     def _take(self, record: Record):
         job_id = record.name

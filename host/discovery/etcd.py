@@ -175,6 +175,41 @@ def v3_token(call, credentials: Credentials) -> Optional[str]:
                           "-auth-token-file the cluster's token?")
 
 
+#: the bytes a form field carries as they are (urllib.parse.quote_plus's, with safe='')
+_FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def form_encode(fields) -> bytes:
+    """urllib.parse.urlencode(fields) (a mapping or pairs), as bytes, at C speed: quote_plus
+    is a Python loop over every byte, 2 ms for a host record of 25 KB, on the serving loop,
+    each time the host publishes. Here a replace a distinct byte: '%' first (the others bring
+    it in), '+' before the space that becomes one."""
+    pairs = fields.items() if hasattr(fields, "items") else fields
+    return b"&".join(_form_quote(name) + b"=" + _form_quote(value) for name, value in pairs)
+
+
+def _form_quote(text) -> bytes:
+    data = text if isinstance(text, bytes) else str(text).encode()
+    for byte in sorted(set(data) - _FORM_SAFE, key=lambda b: (b != 0x25, b != 0x2B)):
+        data = data.replace(bytes((byte,)), b"+" if byte == 0x20 else b"%%%02X" % byte)
+    return data
+
+
+class _FormEncodingPool(urllib3.PoolManager):
+    """python-etcd sends every write's fields form-encoded through urllib3, which encodes them
+    with urllib.parse.urlencode; this encodes them with form_encode(), the same bytes."""
+
+    def request_encode_body(self, method, url, fields=None, headers=None,
+                            encode_multipart=True, multipart_boundary=None, **urlopen_kw):
+        if not fields or encode_multipart or "body" in urlopen_kw:
+            return super().request_encode_body(method, url, fields, headers, encode_multipart,
+                                               multipart_boundary, **urlopen_kw)
+        headers = urllib3.HTTPHeaderDict(self.headers if headers is None else headers)
+        headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        return self.urlopen(method, url, body=form_encode(fields), headers=headers,
+                            **urlopen_kw)
+
+
 class EtcdDiscovery:
     #: seconds an ordinary etcd request may take
     request_timeout_s = 5
@@ -208,7 +243,7 @@ class EtcdDiscovery:
         # answer in time: a hung etcd then costs 4 timeouts, and a create that was applied
         # comes back "already exists". Retry only a connection that could not be made; the
         # callers retry the rest, knowingly.
-        client.http = urllib3.PoolManager(
+        client.http = _FormEncodingPool(
             num_pools=10, maxsize=32,
             retries=urllib3.Retry(total=None, connect=1, read=False, status=0, other=0))
         return client
