@@ -19,7 +19,9 @@ per-host split is printed), so the engine sees 48 at once from either side. On t
 machine dockerd is saturated from about 12 at once, so the figure is not sensitive to it.
 
 Rounds (BENCH_ROUNDS, 3) alternate which side goes first (raw, agent | agent, raw | raw, agent),
-so a change in the load of the shared machine falls on both. The ratio is the median over rounds
+so a change in the load of the shared machine falls on both, and before each side the bench waits
+for the machine to settle (the engine cleans up after the previous side's containers for seconds:
+the side that ran second was 10-30% slower, whichever it was). The ratio is the median over rounds
 of agent / raw within a round (the two runs back to back). Every round starts from an engine
 without the previous round's containers, and the agent side from a fresh cluster (its own etcd
 prefix), set up outside the timed part. A job that fails to start (an `error` event, or a `stop`
@@ -237,6 +239,28 @@ def swarm_mode() -> float:
 
 # ---- the run ----------------------------------------------------------------------------------
 
+def settle(timeout_s: float = 30.0, busy_below: float = 0.25) -> float:
+    """Wait until the machine is quiet (its cores busy less than `busy_below` over a second),
+    at most `timeout_s`; the seconds waited. The engine goes on cleaning up after a side's 200
+    containers (shims exiting, mounts, network) for seconds after they are removed: measured,
+    the side that ran second in a round was 10-30% slower, whichever it was."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = _cpu_times()
+        time.sleep(1.0)
+        after = _cpu_times()
+        total = sum(after) - sum(before)
+        idle = (after[3] + after[4]) - (before[3] + before[4])
+        if total > 0 and 1 - idle / total < busy_below:
+            break
+    return time.monotonic() - started
+
+
+def _cpu_times() -> list:
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:9]]
+
+
 def attempt(run, *args):
     """(result, None) or (None, reason): one side's round, whatever went wrong in it."""
     try:
@@ -261,6 +285,9 @@ def main():
             sides.reverse()
         results = {}
         for name, run in sides:
+            settled = settle()
+            if settled > 5:
+                print(f"  (waited {settled:.0f} s for the machine to settle)", flush=True)
             result, problem = attempt(run, runtime, round_no)
             results[name] = result
             if problem:

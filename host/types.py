@@ -288,6 +288,18 @@ class JobSummary:
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "command": self.command}
 
+    def matches(self, d: dict) -> bool:
+        """to_dict() == d, without building the dict: the mirror asks it of every job of every
+        heartbeat it reads, and mostly of jobs that did not change (a third of the time)."""
+        return d.get("status") == self.status and d.keys() == _SUMMARY_KEYS and \
+            d.get("id") == self.id and d.get("started_at") == self.started_at and \
+            d.get("ended_at") == self.ended_at and d.get("exit_status") == self.exit_status and \
+            d.get("error") == self.error and d.get("created_at") == self.created_at and \
+            d.get("spec_digest") == self.spec_digest and d.get("image") == self.image and \
+            d.get("command") == self.command and \
+            d.get("resources") == self.resources.to_dict() and \
+            d.get("ports") == [p.to_dict() for p in self.ports]
+
     @classmethod
     def from_dict(cls, d: dict) -> "JobSummary":
         return cls(id=d["id"], status=d["status"], image=d.get("image", ""),
@@ -298,6 +310,11 @@ class JobSummary:
                    created_at=d.get("created_at"), started_at=d.get("started_at"),
                    ended_at=d.get("ended_at"), command=str(d.get("command") or ""))
 
+
+#: the keys of JobSummary.to_dict()
+_SUMMARY_KEYS = frozenset(("id", "status", "image", "spec_digest", "ports", "resources",
+                           "exit_status", "error", "created_at", "started_at", "ended_at",
+                           "command"))
 
 #: characters of a job's command a heartbeat carries: enough to recognise it in a listing,
 #: without a 64 KB command line in every host's record

@@ -10,12 +10,14 @@ import unittest
 import etcd
 import gevent
 import simplejson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from host.cluster import view as view_module
 from host.cluster.view import ClusterView, RegisteredHost
 from host.discovery import etcd as etcd_module
 from host.discovery.etcd import EtcdDiscovery, HostChange, IndexCleared, Registration
-from host.types import HostRecord
+from host.types import HostRecord, JobSummary
 from tests.support import wait_until
 
 
@@ -31,6 +33,27 @@ def record(host_id: str, jobs: list, **extra) -> dict:
     return dict({"id": host_id, "addr": "127.0.0.1:1", "jobs": jobs,
                  "resources": {"memory_mb": 1000, "cpu_shares": 1000},
                  "allocated": {"memory_mb": 0, "cpu_shares": 0}, "attributes": {}}, **extra)
+
+
+class SummaryMatchTest(unittest.TestCase):
+    """JobSummary.matches(d), the mirror's shortcut for a job that did not change, answers as
+    to_dict() == d would, for any change to any field (or a field added or missing)."""
+
+    VALUES = st.one_of(st.none(), st.integers(-2, 2), st.text(max_size=3), st.booleans(),
+                       st.just([]), st.just({"memory_mb": 64, "cpu_shares": 100}),
+                       st.just([{"port": 50001, "container_port": 80, "proto": "tcp"}]))
+
+    @settings(max_examples=1500, deadline=None)
+    @given(st.integers(0, 3), st.dictionaries(st.sampled_from(sorted(job(0)) + ["extra"]),
+                                              VALUES, max_size=3),
+           st.lists(st.sampled_from(sorted(job(0))), max_size=2))
+    def test_as_to_dict_compares(self, n, changed, dropped):
+        summary = JobSummary.from_dict(job(n))
+        d = dict(job(n), **changed)
+        for key in dropped:
+            d.pop(key, None)
+        self.assertEqual(summary.matches(d), summary.to_dict() == d, d)
+        self.assertTrue(summary.matches(summary.to_dict()))
 
 
 class HostRecordTest(unittest.TestCase):

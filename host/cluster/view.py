@@ -422,6 +422,6 @@ def _job_summary(d, old: dict) -> JobSummary:
     """JobSummary.from_dict(d), or the summary in `old` that it would equal: one that gives
     back `d` exactly."""
     same = old.get(d.get("id")) if isinstance(d, dict) else None
-    if same is not None and same.status == d.get("status") and same.to_dict() == d:
+    if same is not None and same.matches(d):
         return same  # (a status that changed, the usual change, fails the first comparison)
     return JobSummary.from_dict(d)
