@@ -51,6 +51,12 @@ class AssignmentWatcher:
         (a request for many changes). etcd failing makes it read them all again, with backoff;
         a take that fails (etcd, Docker) is tried again by itself (an assignment is only
         deleted once taken)."""
+        try:
+            self._follow()
+        finally:  # stopped (the agent is stopping): so are the takes under way
+            self._intake.kill()
+
+    def _follow(self):
         index = None
         backoff = Backoff("assignments", log)
         while True:
