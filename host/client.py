@@ -122,7 +122,8 @@ def forward(addr: str, method: str, path: str, query: str, body: bytes, content_
                                 timeout=FORWARD_TIMEOUT_S + extra_timeout_s,
                                 allow_redirects=False, verify=tls or True)
     except requests.RequestException as e:
-        raise errors.NotLeader(f"the leader at {addr} could not be reached: {e}",
+        raise errors.NotLeader(f"the leader at {addr} could not be reached: "
+                               f"{unreachable_reason(e)}",
                                leader=addr) from e
 
 

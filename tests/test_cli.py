@@ -335,6 +335,38 @@ class CliClusterTest(ClusterTestCase):
         self.assertLessEqual({second.host_id, third.host_id}, added, events.stderr)
 
 
+class GoneHostTest(ClusterTestCase):
+    """A job whose host is gone (killed, its registration not expired yet: the mirror still
+    names it) is a 503 `unavailable` (retry: true) through any other agent, and one line from
+    the CLI: not a hang, a traceback or a 500."""
+
+    def test_a_job_on_a_killed_host(self):
+        agents = []
+        for n in (1, 2):  # a long TTL: the mirror names the killed host for the whole test
+            agent = AgentProcess(f"gone{n}-{os.getpid()}", ip=f"127.0.0.{n + 1}",
+                                 args=["-heartbeat-ttl", "60"],
+                                 env={"FLYNN_ETCD_PREFIX": self.prefix})
+            self.agents.append(agent)
+            agents.append(agent.start())
+        first, second = agents
+        second.client.put_job("on-gone", job_body(["sleep", "300"]))
+        second.client.wait_status("on-gone", "running")
+        wait_until(lambda: self.status_in_mirror(first, "on-gone") == "running", 15,
+                   "the job in the mirror")
+        second.proc.kill()
+        second.proc.wait(10)
+        resp = first.client.get("/cluster/jobs/on-gone")
+        body = resp.json()
+        self.assertEqual((resp.status_code, body["code"], body["retry"]),
+                         (503, "unavailable", True), body)
+        self.assertIn(f"{second.ip}:{second.port}", body["message"])
+        self.assertEqual(first.client.get("/cluster/jobs/on-gone/log").status_code, 503)
+        shown = cli("inspect", "on-gone", addr=f"{first.ip}:{first.port}")
+        self.assertNotEqual(shown.returncode, 0)
+        self.assertEqual(len(shown.stderr.strip().splitlines()), 1, shown.stderr)
+        self.assertIn("could not be reached: connection refused", shown.stderr)
+
+
 class TerminalSafetyTest(unittest.TestCase):
     """Job fields are the jobs' authors' words: shown to a person, a control sequence in one
     must not reach the terminal (move the cursor, retitle the window, hide a line)."""

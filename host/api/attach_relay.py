@@ -61,8 +61,8 @@ def _relay(app, agent, addr: str, job_id: str):
             upstream = client.AttachSocket(url, UPSTREAM_CONNECT_S, agent.token,
                                            tls if isinstance(tls, str) else None)
         except OSError as e:
-            raise errors.Unavailable(f"the job's host at {addr} could not be reached: {e}") \
-                from e
+            raise errors.Unavailable(f"the job's host at {addr} could not be reached: "
+                                     f"{client.unreachable_reason(e)}") from e
         try:
             return _serve(environ, upstream, job_id)
         finally:

@@ -75,7 +75,8 @@ def _relay(app, agent, addr: str, path: str, follow: bool) -> bottle.HTTPRespons
                                   timeout=(CONNECT_TIMEOUT_S, read_timeout),
                                   allow_redirects=False, verify=agent.config.peer_tls or True)
     except requests.RequestException as e:
-        raise Unavailable(f"the job's host at {addr} could not be reached: {e}") from e
+        raise Unavailable(f"the job's host at {addr} could not be reached: "
+                          f"{client.unreachable_reason(e)}") from e
     body = _chunks(answer)
     if follow:
         environ = request.environ
