@@ -485,4 +485,3 @@ def _at_once(write, items: list) -> list:
         if not ok:
             raise value
     return [value for _, value in results]
-
