@@ -43,7 +43,8 @@ class EventLog:
         restarts of the agent and a client resuming after a restart misses nothing."""
         self.capacity = capacity
         self._cursors: list = []    # ascending
-        self._entries: list = []    # (Event, json text), parallel to _cursors
+        self._entries: list = []    # (Event, json text or None), parallel to _cursors
+        self._encoded = 0           # entries before this position have their text (_encode)
         self._floor = last_cursor   # history at or below this cursor is not held
         self._last = last_cursor    # the newest held, pending included
         self._durable = last_cursor  # the newest published: every cursor up to it is durable
@@ -86,7 +87,7 @@ class EventLog:
         if event.cursor <= self._last:
             raise ValueError(f"cursor {event.cursor} does not follow {self._last}")
         self._cursors.append(event.cursor)
-        self._entries.append((event, simplejson.dumps(event.to_dict())))
+        self._entries.append((event, None))  # its text is made when first read (_encode)
         self._last = event.cursor
         self._trim()
 
@@ -101,6 +102,7 @@ class EventLog:
             self._floor = self._cursors[excess - 1]
             del self._cursors[:excess]
             del self._entries[:excess]
+            self._encoded = max(0, self._encoded - excess)
 
     def append(self, event: Event):
         """Add the event (its cursor above every earlier one), published at once, and wake every
@@ -108,6 +110,17 @@ class EventLog:
         self._store(event)
         self.appended += 1
         self._durable = event.cursor
+        self._wake()
+
+    def extend(self, events: list):
+        """append() each of `events`, waking the waiters once for all of them (the cluster
+        events of one change in etcd)."""
+        if not events:
+            return
+        for event in events:
+            self._store(event)
+        self.appended += len(events)
+        self._durable = events[-1].cursor
         self._wake()
 
     def append_pending(self, event: Event):
@@ -129,7 +142,7 @@ class EventLog:
         everything again). Waiters are woken and see CursorExpired."""
         if cursor < self._last:
             raise ValueError(f"cursor {cursor} is below {self._last}")
-        self._cursors, self._entries = [], []
+        self._cursors, self._entries, self._encoded = [], [], 0
         self._floor = self._last = self._durable = cursor
         self._wake()
 
@@ -203,9 +216,23 @@ class EventLog:
         """[(Event, json text)] for every published event with a cursor above `since`."""
         self.check_cursor(since)
         start = bisect.bisect_right(self._cursors, since)
-        if self._last == self._durable:
-            return self._entries[start:]
-        return self._entries[start:bisect.bisect_right(self._cursors, self._durable)]
+        end = len(self._cursors) if self._last == self._durable else \
+            bisect.bisect_right(self._cursors, self._durable)
+        if end > self._encoded:
+            self._encode(end)
+        return self._entries[start:end]
+
+    def _encode(self, end: int):
+        """Give the entries up to position `end` their JSON text, made once and shared by
+        every reader. An event's text is made when it is first read, not when it is added: the
+        cluster view adds an event for every job whose state changed in every heartbeat (at
+        5,000 hosts, thousands a second), most of which nobody may read before they are
+        trimmed. The text is the same whenever it is made: an event is not changed once added."""
+        entries = self._entries
+        for position in range(self._encoded, end):
+            event = entries[position][0]
+            entries[position] = (event, simplejson.dumps(event.to_dict()))
+        self._encoded = end
 
     def wait(self, since: int, timeout: float,
              match: Optional[Callable[[Event], bool]] = None, for_client: bool = False) -> tuple:

@@ -158,6 +158,54 @@ class PendingAndSharedTest(unittest.TestCase):
         self.assertEqual(len(simplejson.loads(after)["events"]), 3)
 
 
+class LazyTextTest(unittest.TestCase):
+    """An event's JSON text is made when it is first read, once, and is what encoding it then
+    gives, however the log was trimmed meanwhile."""
+
+    def test_text_made_once_on_first_read(self):
+        log = EventLog(capacity=100)
+        with unittest.mock.patch.object(events_module.simplejson, "dumps",
+                                        wraps=simplejson.dumps) as dumps:
+            for c in range(1, 11):
+                log.append(event(c, job_id=f"j{c}"))
+            self.assertEqual(dumps.call_count, 0)  # nobody read them yet
+            first = log.since(4)
+            self.assertEqual(dumps.call_count, 10)  # those before a reader's cursor too: in
+            #                                         order, so that one position tells
+            again = log.since(0)
+            self.assertEqual(dumps.call_count, 10)
+        self.assertEqual([text for _, text in first],
+                         [simplejson.dumps(event(c, job_id=f"j{c}").to_dict())
+                          for c in range(5, 11)])
+        self.assertIs(first[0][1], again[4][1])  # the same text, shared
+
+    def test_trimming_and_restarting_keep_texts_right(self):
+        log = EventLog(capacity=8)
+        for c in range(1, 40):
+            log.append(event(c, job_id=f"j{c}"))
+            if c % 5 == 0:
+                found = log.since(log.oldest_cursor - 1)
+                self.assertEqual([text for _, text in found],
+                                 [simplejson.dumps(e.to_dict()) for e, _ in found])
+        log.restart_at(1000)
+        log.append(event(1001, job_id="after"))
+        (only, text), = log.since(1000)
+        self.assertEqual(simplejson.loads(text)["job_id"], "after")
+
+    def test_extend_wakes_waiters_once_with_every_event(self):
+        log = EventLog(capacity=100)
+        answers = []
+        waiter = gevent.spawn(lambda: answers.append(log.wait(0, 5)))
+        gevent.sleep(0.01)
+        log.extend([event(10), event(12), event(13)])
+        waiter.join(2)
+        found, cursor = answers[0]
+        self.assertEqual([e.cursor for e, _ in found], [10, 12, 13])
+        self.assertEqual((cursor, log.appended), (13, 3))
+        log.extend([])
+        self.assertEqual(log.last_cursor, 13)
+
+
 class WakeBatchingTest(unittest.TestCase):
     """Many waiters are woken once for a burst of publications (a job's `created`, then its
     `failed` one engine call later), not once for each: the waiters answered first would
