@@ -109,7 +109,8 @@ def host_record(host_id: str, version: int, written_at: float) -> str:
              "ports": [{"port": 49152 + n, "container_port": 49152 + n, "proto": "tcp"}],
              "resources": {"memory_mb": 64, "cpu_shares": 100}, "exit_status": None,
              "error": None, "created_at": "2026-11-25T08:00:00.000000Z",
-             "started_at": "2026-11-25T08:00:01.000000Z", "ended_at": None}
+             "started_at": "2026-11-25T08:00:01.000000Z", "ended_at": None,
+             "command": "/bin/sh -c 'sleep 3600'"}
             for n in range(JOBS_PER_HOST)]
     return simplejson.dumps({"bench_written_at": written_at, "id": host_id,
                              "addr": "127.0.0.1:1", "jobs": jobs,
@@ -291,7 +292,7 @@ def observe_view(endpoint: str, prefix: str):
     watcher = gevent.spawn(view.run)  # reads everything, then follows etcd
     view.synced.wait()
     say({"resync_s": marks["resync_s"], "hosts": len(view.hosts),
-         "jobs": sum(len(host.record.jobs) for host in view.hosts.values()),
+         "jobs": sum(len(host.jobs) for host in view.hosts.values()),
          "alone": marks["alone"], "window": marks["window"], "resync_gc_s": sum(pauses)})
     pauses.clear()
     gevent.sleep(max(0.0, marks["window"][1] + GRACE_S - time.time()))

@@ -288,17 +288,21 @@ class JobSummary:
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "command": self.command}
 
-    def matches(self, d: dict) -> bool:
-        """to_dict() == d, without building the dict: the mirror asks it of every job of every
-        heartbeat it reads, and mostly of jobs that did not change (a third of the time)."""
-        return d.get("status") == self.status and d.keys() == _SUMMARY_KEYS and \
-            d.get("id") == self.id and d.get("started_at") == self.started_at and \
-            d.get("ended_at") == self.ended_at and d.get("exit_status") == self.exit_status and \
-            d.get("error") == self.error and d.get("created_at") == self.created_at and \
-            d.get("spec_digest") == self.spec_digest and d.get("image") == self.image and \
-            d.get("command") == self.command and \
-            d.get("resources") == self.resources.to_dict() and \
-            d.get("ports") == [p.to_dict() for p in self.ports]
+    @staticmethod
+    def normal_dict(d: dict) -> dict:
+        """from_dict(d).to_dict(), without the summary (the cluster view's events carry this
+        dict, and it makes one for every job whose status changed in every heartbeat), for a
+        `d` whose ports and resources are known to be what from_dict takes."""
+        resources = d.get("resources") or {}
+        return {"id": d["id"], "status": d["status"], "image": d.get("image", ""),
+                "spec_digest": d.get("spec_digest", ""),
+                "ports": [{"port": p["port"], "container_port": p["container_port"],
+                           "proto": p["proto"]} for p in d.get("ports") or ()],
+                "resources": {"memory_mb": resources.get("memory_mb", 0),
+                              "cpu_shares": resources.get("cpu_shares", 0)},
+                "exit_status": d.get("exit_status"), "error": d.get("error"),
+                "created_at": d.get("created_at"), "started_at": d.get("started_at"),
+                "ended_at": d.get("ended_at"), "command": str(d.get("command") or "")}
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobSummary":
@@ -310,11 +314,6 @@ class JobSummary:
                    created_at=d.get("created_at"), started_at=d.get("started_at"),
                    ended_at=d.get("ended_at"), command=str(d.get("command") or ""))
 
-
-#: the keys of JobSummary.to_dict()
-_SUMMARY_KEYS = frozenset(("id", "status", "image", "spec_digest", "ports", "resources",
-                           "exit_status", "error", "created_at", "started_at", "ended_at",
-                           "command"))
 
 #: characters of a job's command a heartbeat carries: enough to recognise it in a listing,
 #: without a 64 KB command line in every host's record

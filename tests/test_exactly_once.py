@@ -159,8 +159,8 @@ class StubView:
         self.hosts = {host_id: RegisteredHost(host_id, registration.created_index,
                                               registration.modified_index, record)}
 
-    def job_summaries(self) -> dict:
-        return {}
+    def find_job(self, job_id: str):
+        return None
 
 
 class FencingTest(unittest.TestCase):

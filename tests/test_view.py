@@ -1,6 +1,7 @@
 """The cluster view's shortcuts give what the plain way gives: records parsed with the job
 summaries of the previous one, the leader found without looking at every host, a directory read
 decoded node by node, and etcd's stream of changes followed (from its history, and live)."""
+import dataclasses
 import gc
 import os
 import random
@@ -35,67 +36,74 @@ def record(host_id: str, jobs: list, **extra) -> dict:
                  "allocated": {"memory_mb": 0, "cpu_shares": 0}, "attributes": {}}, **extra)
 
 
-class SummaryMatchTest(unittest.TestCase):
-    """JobSummary.matches(d), the mirror's shortcut for a job that did not change, answers as
-    to_dict() == d would, for any change to any field (or a field added or missing)."""
+class RegisteredHostReadTest(unittest.TestCase):
+    """RegisteredHost.read takes out of a record what the view needs at every heartbeat, and
+    refuses what HostRecord.from_dict refuses, so that the record it builds later, when asked,
+    is what from_dict gives and cannot fail."""
 
     VALUES = st.one_of(st.none(), st.integers(-2, 2), st.text(max_size=3), st.booleans(),
                        st.just([]), st.just({"memory_mb": 64, "cpu_shares": 100}),
-                       st.just([{"port": 50001, "container_port": 80, "proto": "tcp"}]))
+                       st.just({"memory_mb": 64}), st.just({"gpus": 1}), st.just(["tcp"]),
+                       st.just([{"port": 50001, "container_port": 80, "proto": "tcp"}]),
+                       st.just([{"port": 50001, "proto": "tcp"}]), st.just([["x"]]))
+    JOB = st.builds(lambda n, changed, dropped: {k: v for k, v in dict(job(n), **changed).items()
+                                                  if k not in dropped},
+                    st.integers(0, 3),
+                    st.dictionaries(st.sampled_from(sorted(job(0)) + ["extra"]), VALUES,
+                                    max_size=2),
+                    st.lists(st.sampled_from(sorted(job(0))), max_size=1))
 
     @settings(max_examples=1500, deadline=None)
-    @given(st.integers(0, 3), st.dictionaries(st.sampled_from(sorted(job(0)) + ["extra"]),
-                                              VALUES, max_size=3),
-           st.lists(st.sampled_from(sorted(job(0))), max_size=2))
-    def test_as_to_dict_compares(self, n, changed, dropped):
-        summary = JobSummary.from_dict(job(n))
-        d = dict(job(n), **changed)
-        for key in dropped:
-            d.pop(key, None)
-        self.assertEqual(summary.matches(d), summary.to_dict() == d, d)
-        self.assertTrue(summary.matches(summary.to_dict()))
-
-
-class HostRecordTest(unittest.TestCase):
-    def setUp(self):
-        previous = HostRecord.from_dict(record("h", [job(n) for n in range(5)]))
-        self.before = RegisteredHost("h", 1, 1, previous)
-
-    def check(self, d):
-        """_host_record(d, before) is HostRecord.from_dict(d), or fails as it does."""
+    @given(st.lists(st.one_of(JOB, JOB, JOB, VALUES), max_size=4),
+           st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["running", "done"])),
+                    max_size=3))
+    def test_as_from_dict_reads(self, jobs, before_jobs):
+        d = record("h", jobs)
+        before = RegisteredHost("h", 1, 1, HostRecord.from_dict(
+            record("h", [job(n, status) for n, status in before_jobs])))
         try:
             expected = HostRecord.from_dict(d)
-        except (TypeError, ValueError, KeyError) as e:
-            with self.assertRaises(type(e)):
-                view_module._host_record(d, self.before)
-            return None
-        got = view_module._host_record(d, self.before)
-        self.assertEqual(got, expected)
-        self.assertEqual(got.to_dict(), expected.to_dict())
-        return got
-
-    def test_unchanged_jobs_are_the_previous_summaries(self):
-        got = self.check(record("h", [job(n) for n in range(5)]))
-        for new, old in zip(got.jobs, self.before.record.jobs):
-            self.assertIs(new, old)
-
-    def test_changed_jobs_are_parsed_anew(self):
-        changes = [job(0, "done"), job(1, exit_status=0), job(2, ports=[]),
-                   job(3, resources={"memory_mb": 64}), job(4, spec_digest="other")]
-        got = self.check(record("h", changes + [job(9)], version="2"))
-        for new, old in zip(got.jobs, self.before.record.jobs):
-            self.assertIsNot(new, old)
-
-    def test_extra_and_missing_keys(self):
-        partial = {"id": "j0", "status": "running"}
-        self.check(record("h", [job(1, unknown="x"), partial, job(2)]))
+        except (TypeError, ValueError, KeyError):
+            expected = None
+        changed = []
+        try:
+            host = RegisteredHost.read("h", 1, 2, simplejson.dumps(d), before, changed)
+        except (TypeError, ValueError, KeyError):
+            host = None
+        if expected is None or host is None:
+            # (from_dict takes an id or a status of any type: read() refuses all but strings)
+            stricter = any(isinstance(j, dict) and not (isinstance(j.get("id"), str) and
+                                                        isinstance(j.get("status"), str))
+                           for j in jobs)
+            self.assertTrue(host is None and (expected is None or stricter), (d, expected))
+            return
+        self.assertEqual(host.record, expected)
+        self.assertEqual(host.jobs, {j.id: j.status for j in expected.jobs})
+        self.assertEqual(host.header, dataclasses.replace(expected, jobs=()))
+        self.assertEqual(host.active_ports, {f"{p.port}/{p.proto}" for j in expected.jobs
+                                             if j.is_active for p in j.ports})
+        self.assertEqual(changed, [j.to_dict() for j in expected.jobs
+                                   if before.jobs.get(j.id) != j.status])
 
     def test_what_from_dict_refuses_is_refused_alike(self):
-        for bad in ([job(0), "not a job"], [{"status": "running"}], [job(0, ports=[{"x": 1}])],
-                    [job(0, resources={"gpus": 1})]):
-            self.check(record("h", bad))
-        for bad in (record("bad id!", []), "a string", [1, 2], record("h", None)):
-            self.check(bad)
+        for bad in (record("bad id!", []), "a string", [1, 2], record("h", 5),
+                    record("h", [job(0), "not a job"]), record("h", [{"status": "running"}])):
+            with self.assertRaises((TypeError, ValueError, KeyError)):
+                HostRecord.from_dict(bad)
+            with self.assertRaises((TypeError, ValueError, KeyError)):
+                RegisteredHost.read("h", 1, 1, simplejson.dumps(bad))
+
+    def test_the_record_is_built_when_asked_and_once(self):
+        value = simplejson.dumps(record("h", [job(n) for n in range(3)]))
+        host = RegisteredHost.read("h", 1, 1, value)
+        self.assertIsNone(host._record)  # nothing built yet
+        self.assertEqual(host.addr, "127.0.0.1:1")
+        self.assertEqual(list(host.jobs), ["j0", "j1", "j2"])
+        record_once = host.record
+        self.assertIs(host.record, record_once)
+        self.assertIsNone(host._text)  # let go once built
+        self.assertEqual(host.job("j1"), JobSummary.from_dict(job(1)))
+        self.assertIsNone(host.job("j9"))
 
 
 class Stub:
@@ -218,6 +226,40 @@ class FoldTest(unittest.TestCase):
         # no events of their own: as for the read, what came before is unknown
         self.assertEqual(view.events.last_cursor, 108 * view_module.CURSOR_SCALE)
         self.assertEqual(view.leader_id, "h0")
+
+    def test_each_host_is_parsed_once_for_its_newest_record(self):
+        read = [registration(f"h{n}", n + 1, 50 + n) for n in range(4)]
+        queued = [HostChange("put", Registration("h1", simplejson.dumps(record("h1", [job(n)])),
+                                                 2, 101 + n)) for n in range(3)] + \
+            [HostChange("remove", Registration("h2", None, None, 110))]
+        view = ClusterView(Stub(read), "observer")
+        parsed = []
+        parse = view._parse
+        view._parse = lambda registration, *args: \
+            parsed.append(registration.modified_index) or parse(registration, *args)
+        view._resync(FakeFeed(queued))
+        # h0, h3 as read, h1's newest record alone, h2 not at all (removed meanwhile)
+        self.assertEqual(sorted(parsed), [50, 53, 103])
+        self.assertEqual([j.id for j in view.hosts["h1"].record.jobs], ["j2"])
+        self.assertEqual(sorted(view.hosts), ["h0", "h1", "h3"])
+
+    def test_a_second_read_tells_what_changed_without_building_records(self):
+        def reg(host_id, jobs, modified):
+            return Registration(host_id, simplejson.dumps(record(host_id, jobs)), 1, modified)
+        stub = Stub([reg("h0", [job(0), job(1)], 50), reg("h2", [job(2)], 51)])
+        view = ClusterView(stub, "observer")
+        view._resync()
+        stub.registrations = [reg("h0", [job(0, "done"), job(1)], 60), reg("h1", [job(3)], 61)]
+        since = view.events.last_cursor
+        view._resync()
+        told = [(e.type, e.event, e.host_id, e.job_id, e.job and e.job["status"])
+                for e in (event for event, _ in view.events.since(since))]
+        self.assertEqual(told, [("job", "stop", "h0", "j0", "done"),
+                                ("host", "add", "h1", None, None),
+                                ("job", "start", "h1", "j3", "running"),
+                                ("host", "remove", "h2", None, None),
+                                ("job", "error", "h2", "j2", "lost")])
+        self.assertEqual([host._record for host in view.hosts.values()], [None, None])
 
     def test_folded_is_what_applying_one_by_one_gives(self):
         rng = random.Random(7)
@@ -350,6 +392,46 @@ class EtcdStreamTest(unittest.TestCase):
             wait_until(lambda: self.mirrored(view), 10, "the view matching a fresh read")
         finally:
             follower.kill()
+
+    def feed_from_history(self, noise_per_request: int) -> tuple:
+        """A _Feed from before 40 changes (in etcd's history: it answers them one a request),
+        with `noise_per_request` writes elsewhere before each of its requests (moving etcd's
+        index ahead, as heartbeats coming faster than the requests would); (feed, written)."""
+        start = self.discovery.current_index()
+        written = [self.write(n) for n in range(40)]
+        discovery, client, noise = self.discovery, self.client, f"{self.discovery.prefix}/noise"
+
+        class Noisy:
+            def follow_hosts(self, after_index, timeout_s, opened=None):
+                for n in range(noise_per_request):
+                    client.write(noise, str(n))
+                yield from discovery.follow_hosts(after_index, timeout_s, opened)
+        return view_module._Feed(Noisy(), start, 1), written
+
+    def test_a_feed_losing_ground_in_etcds_history_gives_up_at_once(self):
+        feed, written = self.feed_from_history(noise_per_request=10)
+        try:
+            seen = []
+            with self.assertRaises(IndexCleared) as caught, gevent.Timeout(20):
+                while True:  # (without giving up: the 40 changes, then waiting for more)
+                    seen.append(feed.next().registration.modified_index)
+            self.assertIn("losing ground", str(caught.exception))
+            # given up after about slack / 9 requests, long before etcd forgets the history
+            # (its last 1,000 changes: 10 a request would take 90 requests)
+            self.assertLess(len(seen), 40)
+            self.assertEqual(seen, written[:len(seen)])  # what it took was right, in order
+        finally:
+            feed.stop()
+
+    def test_a_feed_gaining_ground_in_etcds_history_goes_on(self):
+        feed, written = self.feed_from_history(noise_per_request=0)
+        try:
+            seen = [feed.next().registration.modified_index for _ in written]
+            self.assertEqual(seen, written)
+            live = self.write(41)
+            self.assertEqual(feed.next().registration.modified_index, live)
+        finally:
+            feed.stop()
 
     def mirrored(self, view) -> bool:
         _, registrations = self.discovery.list_hosts()

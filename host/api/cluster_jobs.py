@@ -17,6 +17,7 @@ from host import client
 from host.api.http import REQUEST_ID_KEY, bool_param, checked_id, float_param, read_body
 from host.api.streams import UntilClientLeaves
 from host.errors import NotFound, Unavailable
+from host.types import ACTIVE_STATES
 
 #: seconds to connect to the job's host; reading may take as long as the relayed request does
 CONNECT_TIMEOUT_S = 5
@@ -49,9 +50,8 @@ def host_addr_of(agent, job_id: str):
     """None when the job is this host's own, else the address of the host that has it."""
     if agent.table.find(job_id) is not None or agent.view is None:
         return None  # ours, or no cluster to look in: the host route answers (404 if unknown)
-    holders = [(job.is_active, host.created_index, host)
-               for host in list(agent.view.hosts.values())
-               for job in host.record.jobs if job.id == job_id]
+    holders = [(host.jobs[job_id] in ACTIVE_STATES, host.created_index, host)
+               for host in list(agent.view.hosts.values()) if job_id in host.jobs]
     if not holders:
         raise NotFound(f"no job {job_id!r} on this host or elsewhere in the cluster")
     _, _, host = max(holders, key=lambda holder: (holder[0], -holder[1]))

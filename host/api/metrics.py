@@ -68,7 +68,7 @@ class AgentCollector:
         yield GaugeMetricFamily("flynn_host_mirror_hosts", "Hosts in this agent's mirror of "
                                 "the cluster", value=len(view.hosts))
         yield GaugeMetricFamily("flynn_host_mirror_jobs", "Jobs in this agent's mirror of the "
-                                "cluster", value=sum(len(h.record.jobs)
+                                "cluster", value=sum(len(h.jobs)
                                                      for h in view.hosts.values()))
         yield CounterMetricFamily("flynn_host_cluster_events", "Cluster events this agent's "
                                   "mirror published since start", value=view.events.appended)

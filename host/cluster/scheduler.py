@@ -31,13 +31,14 @@ import gevent.queue
 import simplejson
 
 from host.clock import Clock
+from host.cluster.registered import port_key
 from host.cluster.view import ClusterView, RegisteredHost
 from host.discovery.etcd import Records, Registration
 from host.errors import (Conflict, FlynnError, NoCapacity, NotFound, NotLeader, Unavailable,
                          ValidationError)
 from host.jobspec import JobLimits, check_limits, parse_job
 from host.retry import Backoff
-from host.types import Job, job_from_dict
+from host.types import ACTIVE_STATES, Job, job_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,17 @@ class Capacity:
     host: RegisteredHost
     memory_mb: int
     cpu_shares: int
-    ports: set = field(default_factory=set)       # {(port, proto)} taken
+    ports: set = field(default_factory=set)       # {"port/proto"} taken (port_key)
     jobs: int = 0                                 # active jobs, pending ones included
 
     @classmethod
     def of(cls, host: RegisteredHost) -> "Capacity":
-        record = host.record
-        active = [j for j in record.jobs if j.is_active]
-        ports = {(p.port, p.proto) for j in active for p in j.ports}
-        return cls(host, record.resources.memory_mb - record.allocated.memory_mb,
-                   record.resources.cpu_shares - record.allocated.cpu_shares, ports, len(active))
+        """(From what the view takes out of every heartbeat: no job summary is built.)"""
+        header = host.header
+        active = sum(1 for status in host.jobs.values() if status in ACTIVE_STATES)
+        return cls(host, header.resources.memory_mb - header.allocated.memory_mb,
+                   header.resources.cpu_shares - header.allocated.cpu_shares,
+                   set(host.active_ports), active)
 
     def shortfall(self, job: Job) -> str:
         """Why the job does not fit here ("" when it does)."""
@@ -142,14 +144,14 @@ class Capacity:
         if want.cpu_shares > self.cpu_shares:
             return f"cpu_shares: needs {want.cpu_shares}, {self.cpu_shares} free"
         for spec in job.config.ports:
-            if spec.port and (spec.port, spec.proto) in self.ports:
+            if spec.port and port_key(spec.port, spec.proto) in self.ports:
                 return f"port {spec.port}/{spec.proto} is taken"
         return ""
 
     def take(self, job: Job):
         self.memory_mb -= job.resources.memory_mb
         self.cpu_shares -= job.resources.cpu_shares
-        self.ports |= {(p.port, p.proto) for p in job.config.ports if p.port}
+        self.ports |= {port_key(p.port, p.proto) for p in job.config.ports if p.port}
         self.jobs += 1
 
     @property
@@ -157,7 +159,7 @@ class Capacity:
         """Least allocated first: the larger share of memory or CPU in use, then the number of
         jobs (jobs without reservations spread too), then the host id (a deterministic
         tie-break)."""
-        total = self.host.record.resources
+        total = self.host.header.resources
         memory = 1 - self.memory_mb / total.memory_mb if total.memory_mb else 0
         cpu = 1 - self.cpu_shares / total.cpu_shares if total.cpu_shares else 0
         return max(memory, cpu), self.jobs, self.host.id
@@ -375,7 +377,7 @@ class JobScheduler:
         """Pending jobs that their host now reports are the mirror's business."""
         for job_id, pending in list(self.pending.items()):
             host = self.view.hosts.get(pending.host_id)
-            if host is None or any(j.id == job_id for j in host.record.jobs):
+            if host is None or job_id in host.jobs:
                 del self.pending[job_id]
 
     # ---- validation and placement ----------------------------------------------------------
@@ -388,10 +390,10 @@ class JobScheduler:
         for pending in self.pending.values():
             if pending.host_id in capacity:
                 capacity[pending.host_id].take(pending.job)
-        known = self.view.job_summaries()
         placements = []
         for target, job in explicit:
-            if job.id in known or job.id in self.pending:
+            known = self.view.find_job(job.id)
+            if known is not None or job.id in self.pending:
                 host_id = self._same_job(job, target, *self._known(job.id, known))
                 placements.append(Placement(host_id, job, True, target is not None))
                 continue
@@ -408,10 +410,11 @@ class JobScheduler:
             placements.append(Placement(host_id, job, False, target is not None))
         return placements
 
-    def _known(self, job_id: str, known: dict) -> tuple:
-        """(host id, spec digest) of a job id the cluster knows."""
-        if job_id in known:
-            host_id, summary = known[job_id]
+    def _known(self, job_id: str, known: Optional[tuple]) -> tuple:
+        """(host id, spec digest) of a job id the cluster knows: `known`, what the mirror
+        has of it (view.find_job), or else a pending assignment."""
+        if known is not None:
+            host_id, summary = known
             return host_id, summary.spec_digest
         pending = self.pending[job_id]
         return pending.host_id, pending.job.spec_digest()

@@ -18,17 +18,15 @@ every agent numbers the same event alike and a client keeps its cursor when the 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
-from dataclasses import dataclass
+import time
 from datetime import datetime, timezone
 from typing import Iterator, Optional
 
 import gevent
 import gevent.event
 import gevent.queue
-import simplejson
 
 from host import errors
 from host.clock import rfc3339
@@ -36,24 +34,13 @@ from host.discovery.etcd import (EtcdDiscovery, EtcdUnavailable, HostChange, Ind
                                   Registration)
 from host.events import EventLog
 from host.retry import Backoff
-from host.types import EVENT_FOR_STATE, Event, HostRecord, JobSummary
+from host.cluster.registered import RegisteredHost
+from host.types import EVENT_FOR_STATE, Event
 
 #: cluster event cursors per etcd index: room for that many events from one change
 CURSOR_SCALE = 10000
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredHost:
-    id: str
-    created_index: int
-    modified_index: int
-    record: HostRecord           # what the host published
-
-    @property
-    def addr(self) -> str:
-        return self.record.addr
 
 
 class ClusterView:
@@ -139,38 +126,75 @@ class ClusterView:
         events of their own (as for the read itself, what came before is unknown here). At
         thousands of hosts they are several seconds of heartbeats, and applied one by one
         afterwards, events and all, they would keep the view that far behind etcd for long.
-        Other greenlets run meanwhile (read_hosts decodes as it goes); the view changes at
-        once, at the end."""
+
+        Nothing is parsed until the read and the changes queued during it are folded together:
+        at 5,000 hosts the read takes seconds, most hosts beat again meanwhile, and a record
+        parsed as it was read was mostly parsed again for its newer one (the fold was as long
+        as the read). Each host's newest text is parsed once; then what came during the parse
+        is folded in as well, parsed, until nothing is queued. Other greenlets run meanwhile
+        (read_hosts decodes as it goes); the view changes at once, at the end."""
+        started = time.monotonic()
         index, registrations = self.discovery.read_hosts()
         fresh = {}
+        # not the first read: each host's jobs whose status changed since the mirror before,
+        # for the events that tell what changed meanwhile
+        changed: Optional[dict] = {} if self.synced.is_set() else None
         with _collections_paused():
             try:
-                for registration in registrations:
-                    host = self._parse(registration, self.hosts.get(registration.host_id))
-                    if host is not None:
-                        fresh[host.id] = host
+                # each host's changes, oldest first: what was read, then what was queued
+                texts = {r.host_id: [HostChange("put", r)] for r in registrations}
+                read_index, read_s = index, time.monotonic() - started
                 if feed is not None:
-                    index = self._fold(fresh, feed, index)
+                    index = self._fold_texts(texts, feed, index)
+                while texts:  # (popped as parsed: each text is let go once it is parsed)
+                    host_id, candidates = texts.popitem()
+                    self._fold_host(fresh, host_id, candidates, changed)
+                    gevent.sleep(0)  # the feed goes on reading etcd meanwhile
+                parsed_s = time.monotonic() - started
+                if feed is not None:
+                    index = self._fold(fresh, feed, index, changed)
             except BaseException:
                 fresh.clear()  # freed now, not walked by the first collection once resumed
                 raise
-        _fit_collections(sum(len(host.record.jobs) for host in fresh.values()))
+        _fit_collections(sum(len(host.jobs) for host in fresh.values()))
         previous, self.hosts = self.hosts, fresh
         # history before this read is unknown here: clients with older cursors re-list
         self.events.restart_at(max(index * CURSOR_SCALE, self.events.last_cursor))
-        if self.synced.is_set():  # not the first read: tell what changed meanwhile
-            emit = self._emitter(index)
+        if changed is not None:  # not the first read: tell what changed meanwhile
+            emit, emitted = self._emitter(index)
             for host_id in sorted(set(previous) | set(fresh)):
-                self._diff(emit, previous.get(host_id), fresh.get(host_id))
+                self._diff(emit, previous.get(host_id), fresh.get(host_id),
+                           changed.get(host_id))
+            self.events.extend(emitted)
         self._elect(index)
         self.synced.set()
         self._notify()
+        log.info("cluster view: read %d hosts in %.2f s (the read %.2f s, parsed by %.2f s; "
+                 "caught up %d etcd indexes past it)", len(fresh), time.monotonic() - started,
+                 read_s, parsed_s, index - read_index)
         return index
 
-    def _fold(self, hosts: dict, feed: "_Feed", index: int) -> int:
+    @staticmethod
+    def _fold_texts(texts: dict, feed: "_Feed", index: int) -> int:
+        """Add to `texts` ({host id: [HostChange], oldest first}) the changes `feed` has queued
+        above `index`, unparsed (what came before a removal is let go); the index of the
+        last."""
+        for change in feed.queued():
+            registration = change.registration
+            if registration.modified_index <= index:
+                continue  # in what was read
+            index = registration.modified_index
+            if change.action == "remove":
+                texts[registration.host_id] = [change]
+            else:
+                texts.setdefault(registration.host_id, []).append(change)
+        return index
+
+    def _fold(self, hosts: dict, feed: "_Feed", index: int, changed: Optional[dict] = None) -> int:
         """Apply to `hosts` the changes `feed` has queued above `index`, until none is left,
         without events; the index of the last. Only each host's last change needs parsing:
-        the queue holds as many seconds of heartbeats as the read took."""
+        the queue holds as many seconds of heartbeats as the parse took. (`changed`: see
+        _fold_host.)"""
         while True:
             changes = [change for change in feed.queued()
                        if change.registration.modified_index > index]  # else in what was read
@@ -181,59 +205,74 @@ class ClusterView:
             for change in changes:
                 by_host.setdefault(change.registration.host_id, []).append(change)
             for host_id, host_changes in by_host.items():
-                self._fold_host(hosts, host_id, host_changes)
+                self._fold_host(hosts, host_id, host_changes, changed)
                 gevent.sleep(0)  # the feed goes on reading etcd meanwhile
 
-    def _fold_host(self, hosts: dict, host_id: str, changes: list):
+    def _fold_host(self, hosts: dict, host_id: str, changes: list,
+                   changed: Optional[dict] = None):
         """Where _apply would leave the host after `changes`, its in order: the last removal
-        or readable record (an unreadable one is ignored, as _apply ignores it)."""
+        or readable record (an unreadable one is ignored, as _apply ignores it). With
+        `changed`, {host id: [job summary]} gets the host's jobs whose status is not as in the
+        mirror now (self.hosts)."""
         for change in reversed(changes):
             if change.action == "remove":
                 hosts.pop(host_id, None)
+                if changed is not None:
+                    changed.pop(host_id, None)
                 return
-            host = self._parse(change.registration, hosts.get(host_id))
+            jobs = [] if changed is not None else None
+            host = self._parse(change.registration, self.hosts.get(host_id), jobs)
             if host is not None:
                 hosts[host_id] = host
+                if changed is not None:
+                    changed[host_id] = jobs
                 return
 
     def _apply(self, change: HostChange, index: int):
         registration = change.registration
         before = self.hosts.get(registration.host_id)
         if change.action == "remove":
-            after = None
+            after, changed = None, None
             if self.hosts.pop(registration.host_id, None) is None:
                 return  # a host never seen (its registration was unreadable): nothing to tell
             log.info("cluster view: host %s left", registration.host_id)
         else:
-            after = self._parse(registration, before)
+            changed: list = []  # the summaries of the jobs whose status changed
+            after = self._parse(registration, before, changed)
             if after is None:
                 return
             if before is None:
                 log.info("cluster view: host %s joined (created index %d)", after.id,
                          after.created_index)
             self.hosts[after.id] = after
-        self._diff(self._emitter(index), before, after)
+        emit, emitted = self._emitter(index)
+        self._diff(emit, before, after, changed)
+        self.events.extend(emitted)  # (the waiters woken once for the change's events)
         self._elect_after(index, registration.host_id, before, after)
         self._notify()
 
-    def _emitter(self, index: int):
-        """A function publishing cluster events numbered within etcd change `index`."""
+    def _emitter(self, index: int) -> tuple:
+        """(emit, events): a function making cluster events numbered within etcd change
+        `index`, and the list it appends them to, for the caller to publish."""
         position = [max(index * CURSOR_SCALE, self.events.last_cursor)]
         now = rfc3339(datetime.now(timezone.utc))
+        events: list = []
 
         def emit(kind: str, name: str, host_id: str, job: Optional[dict] = None):
             position[0] += 1
-            self.events.append(Event(cursor=position[0], type=kind, event=name, host_id=host_id,
-                                     job_id=job["id"] if job else None, job=job, time=now))
-        return emit
+            events.append(Event(cursor=position[0], type=kind, event=name, host_id=host_id,
+                                job_id=job["id"] if job else None, job=job, time=now))
+        return emit, events
 
     @staticmethod
-    def _diff(emit, before: Optional[RegisteredHost], after: Optional[RegisteredHost]):
-        """Cluster events for one host's change from `before` to `after` (None = absent)."""
-        old_jobs = {j.id: j for j in before.record.jobs} if before else {}
+    def _diff(emit, before: Optional[RegisteredHost], after: Optional[RegisteredHost],
+              changed: Optional[list] = None):
+        """Cluster events for one host's change from `before` to `after` (None = absent).
+        `changed`: the summaries of the jobs whose status changed, as RegisteredHost.read
+        found them."""
         if after is None:
             emit("host", "remove", before.id)
-            for job in old_jobs.values():
+            for job in before.record.jobs:  # (a host leaving is rare: its record is built)
                 if job.is_active:
                     emit("job", "error", before.id,
                          dict(job.to_dict(), status="lost",
@@ -241,34 +280,41 @@ class ClusterView:
             return
         if before is None:
             emit("host", "add", after.id)
-        elif before.record.without_jobs() != after.record.without_jobs():
+        elif before.header.without_jobs() != after.header.without_jobs():
             emit("host", "update", after.id)
-        for job in after.record.jobs:
-            old = old_jobs.get(job.id)
-            if old is None or old.status != job.status:
-                emit("job", EVENT_FOR_STATE.get(job.status, "update"), after.id, job.to_dict())
+        for job in changed or ():
+            emit("job", EVENT_FOR_STATE.get(job["status"], "update"), after.id, job)
 
-    def _parse(self, registration: Registration,
-               before: Optional[RegisteredHost] = None) -> Optional[RegisteredHost]:
-        """The host a registration's value describes (None if it is not one); `before`, the
-        same host as the view holds it now, lends the job summaries that did not change."""
+    def _parse(self, registration: Registration, before: Optional[RegisteredHost] = None,
+               changed: Optional[list] = None) -> Optional[RegisteredHost]:
+        """The host a registration's value describes (None if it is not one). With `changed`,
+        the summaries of its jobs whose status is not as in `before` are appended to it."""
         try:
-            record = _host_record(simplejson.loads(registration.value), before)
+            host = RegisteredHost.read(registration.host_id, registration.created_index,
+                                       registration.modified_index, registration.value,
+                                       before, changed)
         except (TypeError, ValueError, KeyError) as e:
             log.warning("cluster view: unreadable registration of %s: %r", registration.host_id,
                         e)
             return None
-        if record.id != registration.host_id:
+        if host.header.id != registration.host_id:
             log.warning("cluster view: the registration under %s names host %s; ignored",
-                        registration.host_id, record.id)
+                        registration.host_id, host.header.id)
             return None
-        return RegisteredHost(registration.host_id, registration.created_index,
-                              registration.modified_index, record)
+        return host
 
     def job_summaries(self) -> dict:
-        """{job id: (host id, JobSummary)} of every job every host reports."""
+        """{job id: (host id, JobSummary)} of every job every host reports (every record is
+        built: for a look at one job, find_job)."""
         return {job.id: (host.id, job) for host in self.hosts.values()
                 for job in host.record.jobs}
+
+    def find_job(self, job_id: str) -> Optional[tuple]:
+        """(host id, JobSummary) of a host that reports the job, or None; one record built."""
+        for host in self.hosts.values():
+            if job_id in host.jobs:
+                return host.id, host.job(job_id)
+        return None
 
     def _elect(self, index: int):
         """The leader is the live registration with the lowest createdIndex."""
@@ -318,6 +364,7 @@ class _Feed:
     def __init__(self, discovery: EtcdDiscovery, after_index: Optional[int], timeout_s: float):
         """From `after_index` on, or (None) from when etcd takes the first request."""
         self._queue = gevent.queue.Queue(self.capacity)
+        self._etcd_index = 0
         self._start = gevent.event.AsyncResult()  # etcd's index when it took the first request
         self._greenlet = gevent.spawn(self._fetch, discovery, after_index, timeout_s)
 
@@ -335,21 +382,30 @@ class _Feed:
 
     def _fetch(self, discovery: EtcdDiscovery, index: Optional[int], timeout_s: float):
         backoff = Backoff("cluster view", log, max_s=self.retry_max_s)
+        crawl = _Crawl()
         try:
             while True:
+                behind = 0  # how far etcd was ahead of a change it answered from its history
                 try:
-                    for change in discovery.follow_hosts(index, timeout_s, self._opened):
+                    for change in discovery.follow_hosts(index, timeout_s, self._opened_at):
                         index = change.registration.modified_index
+                        behind = self._etcd_index - index
                         self._queue.put(change)
                     backoff.succeeded()
                 except errors.FlynnError as e:
                     if isinstance(e, IndexCleared):
                         raise
                     backoff.failed(e)
+                    continue  # (no answer: nothing learnt about the crawl)
                 if index is None and self._start.ready():  # taken, and ended without a change
                     index = self._start.get()
+                crawl.check(behind)
         except Exception as e:  # IndexCleared, or a bug: the view's greenlet raises it
             self._queue.put(e)
+
+    def _opened_at(self, index: int):
+        self._etcd_index = index  # etcd's index when it took the latest request
+        self._opened(index)
 
     def next(self) -> HostChange:
         return self._unpack(self._queue.get())
@@ -370,6 +426,36 @@ class _Feed:
 
     def stop(self):
         self._greenlet.kill()
+
+
+class _Crawl:
+    """Whether a feed behind etcd catches up. etcd streams a watch only from the present: asked
+    from an index it holds in its history (after its stream was dropped, or etcd failed for a
+    while), it answers the next change alone, one a request. With changes coming faster than
+    those requests, the distance to etcd's index grows with each one, until the index asked for
+    leaves etcd's history (its last 1,000 changes) and the view reads everything again anyway;
+    at 5,000 hosts that took seconds of crawling, during which the mirror fell further behind.
+    Once the distance has grown by `slack` since the crawl began, it ends at once
+    (IndexCleared): reading everything is then the quicker way to the present. A crawl that
+    gains (a few changes missed in a quiet cluster) goes on: its followers keep their
+    cursors."""
+    #: etcd indexes the distance may grow by before the crawl is given up
+    slack = 200
+
+    def __init__(self):
+        self._first: Optional[int] = None  # the distance when the crawl began
+
+    def check(self, distance: int):
+        """After a request answered: `distance`, how far etcd's index (when it took the
+        request) was ahead of the last change answered; 0 or less when the changes were
+        streamed from the present, or none came."""
+        if distance <= 0:
+            self._first = None
+        elif self._first is None:
+            self._first = distance
+        elif distance > self._first + self.slack:
+            raise IndexCleared(f"the watch is {distance} changes behind etcd and losing ground "
+                               f"(one change a request from etcd's history)")
 
 
 @contextlib.contextmanager
@@ -403,25 +489,3 @@ def _fit_collections(jobs: int):
     threshold, *older = gc.get_threshold()
     if jobs // 10 > threshold:
         gc.set_threshold(jobs // 10, *older)
-
-
-def _host_record(d, before: Optional[RegisteredHost]) -> HostRecord:
-    """HostRecord.from_dict(d), with the job summaries of `before` (the host's previous record)
-    in place of those that did not change: a heartbeat mostly repeats the last one, comparing a
-    job with its summary costs a fifth of building a new one, and the new one would only make
-    the old one garbage."""
-    if before is None or not isinstance(d, dict):
-        return HostRecord.from_dict(d)
-    record = HostRecord.from_dict(dict(d, jobs=()))  # everything else, checked as ever
-    old = {job.id: job for job in before.record.jobs}
-    return dataclasses.replace(record, jobs=tuple(_job_summary(j, old)
-                                                  for j in d.get("jobs") or ()))
-
-
-def _job_summary(d, old: dict) -> JobSummary:
-    """JobSummary.from_dict(d), or the summary in `old` that it would equal: one that gives
-    back `d` exactly."""
-    same = old.get(d.get("id")) if isinstance(d, dict) else None
-    if same is not None and same.matches(d):
-        return same  # (a status that changed, the usual change, fails the first comparison)
-    return JobSummary.from_dict(d)
