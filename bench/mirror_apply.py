@@ -2,7 +2,7 @@
 figure is the view's own CPU and not the machine's contention (bench/mirror_scale.py measures
 the whole, at 5,000 hosts with etcd).
 
-BENCH_HOSTS (200) hosts of 100 jobs each (the records of bench/mirror_scale.py) are applied,
+BENCH_HOSTS (200) hosts of 100 jobs each (bench/host_records.py) are applied,
 then BENCH_ROUNDS (12) rounds of one heartbeat a host, each changing about a third of the jobs'
 statuses: as etcd's watch sends it (the event's line), decoded and applied by
 ClusterView._apply, events and all. Baseline, interleaved round by round: the same lines
@@ -22,32 +22,16 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.environ.get("BENCH_CODE") or os.path.dirname(HERE))
+sys.path.insert(1, HERE)
 
 import simplejson  # noqa: E402
 
 from host.cluster.view import ClusterView  # noqa: E402
 from host.discovery.etcd import HostChange, Registration, _watch_event  # noqa: E402
+from host_records import JOBS_PER_HOST, host_record  # noqa: E402
 
 HOSTS = int(os.environ.get("BENCH_HOSTS", 200))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 12))
-JOBS_PER_HOST = 100
-
-
-def host_record(host_id: str, version: int) -> str:
-    """As bench/mirror_scale.py's (not imported: that module puts this tree on the path)."""
-    jobs = [{"id": f"{host_id}-job{n}", "status": "running" if (n + version) % 7 else "done",
-             "image": "busybox", "spec_digest": f"{n:032x}",
-             "ports": [{"port": 49152 + n, "container_port": 49152 + n, "proto": "tcp"}],
-             "resources": {"memory_mb": 64, "cpu_shares": 100}, "exit_status": None,
-             "error": None, "created_at": "2026-11-25T08:00:00.000000Z",
-             "started_at": "2026-11-25T08:00:01.000000Z", "ended_at": None,
-             "command": "/bin/sh -c 'sleep 3600'"}
-            for n in range(JOBS_PER_HOST)]
-    return simplejson.dumps({"id": host_id, "addr": "127.0.0.1:1", "jobs": jobs,
-                             "resources": {"memory_mb": 16000, "cpu_shares": 4096},
-                             "allocated": {"memory_mb": 6400, "cpu_shares": 10000},
-                             "attributes": {}, "registered_at": "2026-11-25T08:00:00Z",
-                             "version": str(version)})
 
 
 class NoDiscovery:

@@ -72,13 +72,13 @@ import gevent.queue  # noqa: E402
 import simplejson  # noqa: E402
 import urllib3  # noqa: E402
 
+from host_records import JOBS_PER_HOST, host_record  # noqa: E402
 from report import target  # noqa: E402
 
 from host.cluster.view import ClusterView  # noqa: E402
 from host.discovery.etcd import SERVICE, EtcdDiscovery  # noqa: E402
 from host.layer0.process import etcd_binary  # noqa: E402
 
-JOBS_PER_HOST = 100
 REWRITE_EVERY_S = 10.0
 TTL = 30
 MEASURE_S = float(os.environ.get("BENCH_SECONDS", 20))
@@ -99,25 +99,6 @@ PREFIX = "/flynn-bench"
 HOST_MARK, TIME_MARK = "HOSTIDMARK", "WRITTENATMARK"
 
 # ---- the records ----------------------------------------------------------------------------
-
-
-def host_record(host_id: str, version: int, written_at: float) -> str:
-    """A host's registration value. The write time comes first, so that the observers read it
-    without decoding the record a second time."""
-    jobs = [{"id": f"{host_id}-job{n}", "status": "running" if (n + version) % 7 else "done",
-             "image": "busybox", "spec_digest": f"{n:032x}",
-             "ports": [{"port": 49152 + n, "container_port": 49152 + n, "proto": "tcp"}],
-             "resources": {"memory_mb": 64, "cpu_shares": 100}, "exit_status": None,
-             "error": None, "created_at": "2026-11-25T08:00:00.000000Z",
-             "started_at": "2026-11-25T08:00:01.000000Z", "ended_at": None,
-             "command": "/bin/sh -c 'sleep 3600'"}
-            for n in range(JOBS_PER_HOST)]
-    return simplejson.dumps({"bench_written_at": written_at, "id": host_id,
-                             "addr": "127.0.0.1:1", "jobs": jobs,
-                             "resources": {"memory_mb": 16000, "cpu_shares": 4096},
-                             "allocated": {"memory_mb": 6400, "cpu_shares": 10000},
-                             "attributes": {}, "registered_at": "2026-11-25T08:00:00Z",
-                             "version": str(version)})
 
 
 def written_at(value: str) -> float:

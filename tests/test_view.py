@@ -243,6 +243,33 @@ class FoldTest(unittest.TestCase):
         self.assertEqual([j.id for j in view.hosts["h1"].record.jobs], ["j2"])
         self.assertEqual(sorted(view.hosts), ["h0", "h1", "h3"])
 
+    def test_changes_during_the_parse_are_folded_in_as_it_goes(self):
+        read = [registration(f"h{n}", n + 1, 50 + n) for n in range(4)]
+
+        class Trickle:  # each look at the queue finds one more change
+            def __init__(self, changes):
+                self.changes = changes
+
+            def queued(self):
+                if self.changes:
+                    yield self.changes.pop(0)
+        view = ClusterView(Stub(read), "observer")
+        view.fold_every = 1
+        parsed, parse = [], view._parse
+        view._parse = lambda registration, *args: \
+            parsed.append((registration.host_id, registration.modified_index)) or \
+            parse(registration, *args)
+        # the hosts are parsed last read first (h3, h2, ...): after h3, news of h0 (not parsed
+        # yet), then of h3 (parsed already), then of h1
+        index = view._resync(Trickle([
+            HostChange("put", registration("h0", 1, 101)),
+            HostChange("put", registration("h3", 4, 102)),
+            HostChange("remove", Registration("h1", None, None, 103))]))
+        self.assertEqual(index, 103)
+        self.assertEqual(sorted(parsed), [("h0", 101), ("h2", 52), ("h3", 53), ("h3", 102)])
+        self.assertEqual({h.id: h.modified_index for h in view.hosts.values()},
+                         {"h0": 101, "h2": 52, "h3": 102})
+
     def test_a_second_read_tells_what_changed_without_building_records(self):
         def reg(host_id, jobs, modified):
             return Registration(host_id, simplejson.dumps(record(host_id, jobs)), 1, modified)

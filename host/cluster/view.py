@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 class ClusterView:
     #: seconds one watch request waits before it is renewed
     watch_timeout_s = 30
+    #: hosts parsed in a resync between two looks at the changes queued meanwhile
+    fold_every = 256
 
     def __init__(self, discovery: EtcdDiscovery, host_id: str, event_capacity: int = 10000):
         self.discovery = discovery
@@ -130,8 +132,10 @@ class ClusterView:
         Nothing is parsed until the read and the changes queued during it are folded together:
         at 5,000 hosts the read takes seconds, most hosts beat again meanwhile, and a record
         parsed as it was read was mostly parsed again for its newer one (the fold was as long
-        as the read). Each host's newest text is parsed once; then what came during the parse
-        is folded in as well, parsed, until nothing is queued. Other greenlets run meanwhile
+        as the read). Each host's newest text is parsed once. What comes during the parse is
+        looked at every `fold_every` hosts (a host not parsed yet is then parsed for its newest
+        record only), and the rest at the end, parsed, until nothing is queued. Other greenlets
+        run meanwhile
         (read_hosts decodes as it goes); the view changes at once, at the end."""
         started = time.monotonic()
         index, registrations = self.discovery.read_hosts()
@@ -146,9 +150,15 @@ class ClusterView:
                 read_index, read_s = index, time.monotonic() - started
                 if feed is not None:
                     index = self._fold_texts(texts, feed, index)
+                parsed = 0
                 while texts:  # (popped as parsed: each text is let go once it is parsed)
                     host_id, candidates = texts.popitem()
                     self._fold_host(fresh, host_id, candidates, changed)
+                    parsed += 1
+                    if feed is not None and parsed % self.fold_every == 0:
+                        # what came meanwhile: a host not parsed yet is parsed once, for its
+                        # newest record; one parsed already is queued again
+                        index = self._fold_texts(texts, feed, index)
                     gevent.sleep(0)  # the feed goes on reading etcd meanwhile
                 parsed_s = time.monotonic() - started
                 if feed is not None:
