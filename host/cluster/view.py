@@ -313,12 +313,6 @@ class ClusterView:
             return None
         return host
 
-    def job_summaries(self) -> dict:
-        """{job id: (host id, JobSummary)} of every job every host reports (every record is
-        built: for a look at one job, find_job)."""
-        return {job.id: (host.id, job) for host in self.hosts.values()
-                for job in host.record.jobs}
-
     def find_job(self, job_id: str) -> Optional[tuple]:
         """(host id, JobSummary) of a host that reports the job, or None; one record built."""
         for host in self.hosts.values():
