@@ -107,12 +107,9 @@ class EventLog:
     def append(self, event: Event):
         """Add the event (its cursor above every earlier one), published at once, and wake every
         waiter."""
-        self._store(event)
-        self.appended += 1
-        self._durable = event.cursor
-        self._wake()
+        self.extend((event,))
 
-    def extend(self, events: list):
+    def extend(self, events):
         """append() each of `events`, waking the waiters once for all of them (the cluster
         events of one change in etcd)."""
         if not events:

@@ -133,10 +133,10 @@ class ClusterView:
         at 5,000 hosts the read takes seconds, most hosts beat again meanwhile, and a record
         parsed as it was read was mostly parsed again for its newer one (the fold was as long
         as the read). Each host's newest text is parsed once. What comes during the parse is
-        looked at every `fold_every` hosts (a host not parsed yet is then parsed for its newest
-        record only), and the rest at the end, parsed, until nothing is queued. Other greenlets
-        run meanwhile
-        (read_hosts decodes as it goes); the view changes at once, at the end."""
+        looked at every `fold_every` hosts and whenever every text is parsed (a host not parsed
+        yet is then parsed for its newest record only, one parsed already again), until nothing
+        more is queued. Other greenlets run meanwhile (read_hosts decodes as it goes); the view
+        changes at once, at the end."""
         started = time.monotonic()
         index, registrations = self.discovery.read_hosts()
         fresh = {}
@@ -155,14 +155,9 @@ class ClusterView:
                     host_id, candidates = texts.popitem()
                     self._fold_host(fresh, host_id, candidates, changed)
                     parsed += 1
-                    if feed is not None and parsed % self.fold_every == 0:
-                        # what came meanwhile: a host not parsed yet is parsed once, for its
-                        # newest record; one parsed already is queued again
-                        index = self._fold_texts(texts, feed, index)
+                    if feed is not None and (parsed % self.fold_every == 0 or not texts):
+                        index = self._fold_texts(texts, feed, index)  # what came meanwhile
                     gevent.sleep(0)  # the feed goes on reading etcd meanwhile
-                parsed_s = time.monotonic() - started
-                if feed is not None:
-                    index = self._fold(fresh, feed, index, changed)
             except BaseException:
                 fresh.clear()  # freed now, not walked by the first collection once resumed
                 raise
@@ -179,9 +174,9 @@ class ClusterView:
         self._elect(index)
         self.synced.set()
         self._notify()
-        log.info("cluster view: read %d hosts in %.2f s (the read %.2f s, parsed by %.2f s; "
+        log.info("cluster view: read %d hosts in %.2f s (the read %.2f s; %d records parsed, "
                  "caught up %d etcd indexes past it)", len(fresh), time.monotonic() - started,
-                 read_s, parsed_s, index - read_index)
+                 read_s, parsed, index - read_index)
         return index
 
     @staticmethod
@@ -199,24 +194,6 @@ class ClusterView:
             else:
                 texts.setdefault(registration.host_id, []).append(change)
         return index
-
-    def _fold(self, hosts: dict, feed: "_Feed", index: int, changed: Optional[dict] = None) -> int:
-        """Apply to `hosts` the changes `feed` has queued above `index`, until none is left,
-        without events; the index of the last. Only each host's last change needs parsing:
-        the queue holds as many seconds of heartbeats as the parse took. (`changed`: see
-        _fold_host.)"""
-        while True:
-            changes = [change for change in feed.queued()
-                       if change.registration.modified_index > index]  # else in what was read
-            if not changes:
-                return index
-            index = changes[-1].registration.modified_index
-            by_host: dict = {}
-            for change in changes:
-                by_host.setdefault(change.registration.host_id, []).append(change)
-            for host_id, host_changes in by_host.items():
-                self._fold_host(hosts, host_id, host_changes, changed)
-                gevent.sleep(0)  # the feed goes on reading etcd meanwhile
 
     def _fold_host(self, hosts: dict, host_id: str, changes: list,
                    changed: Optional[dict] = None):
