@@ -113,6 +113,6 @@ class RegisteredHost:
 
 def port_key(port, proto) -> str:
     """A host port as the mirror holds it: "49152/tcp". A string, not a (port, proto) tuple:
-    strings are not tracked by the garbage collector, and at 5,000 hosts the tuples were half a
-    million objects that every full collection walked (pauses of most of a second)."""
+    strings are not tracked by the garbage collector, and at 5,000 hosts the tuples would be
+    half a million more objects for every full collection to walk."""
     return f"{port}/{proto}"
