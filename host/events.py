@@ -83,13 +83,14 @@ class EventLog:
         """The oldest cursor still held (last+1 when empty)."""
         return self._cursors[0] if self._cursors else self._durable + 1
 
-    def _store(self, event: Event):
+    def _store(self, event: Event, trim: bool = True):
         if event.cursor <= self._last:
             raise ValueError(f"cursor {event.cursor} does not follow {self._last}")
         self._cursors.append(event.cursor)
         self._entries.append((event, None))  # its text is made when first read (_encode)
         self._last = event.cursor
-        self._trim()
+        if trim:
+            self._trim()
 
     def _trim(self):
         """Drop the oldest beyond capacity, in batches rather than on every append, and never
@@ -115,9 +116,11 @@ class EventLog:
         if not events:
             return
         for event in events:
-            self._store(event)
+            self._store(event, trim=False)  # (trimmed once for all: the view's heartbeats
+            #                                 bring dozens of events each, hundreds a second)
         self.appended += len(events)
         self._durable = events[-1].cursor
+        self._trim()
         self._wake()
 
     def append_pending(self, event: Event):

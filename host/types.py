@@ -292,8 +292,13 @@ class JobSummary:
     def normal_dict(d: dict) -> dict:
         """from_dict(d).to_dict(), without the summary (the cluster view's events carry this
         dict, and it makes one for every job whose status changed in every heartbeat), for a
-        `d` whose ports and resources are known to be what from_dict takes."""
+        `d` whose ports and resources are known to be what from_dict takes. That is `d` itself
+        when it has every field, as agents publish it, and nothing to fill in: the caller
+        hands it over (a job entry of a record just decoded)."""
         resources = d.get("resources") or {}
+        if (d.keys() == _SUMMARY_FIELDS and type(d["command"]) is str
+                and type(d["ports"]) is list and len(resources) == 2):
+            return d
         return {"id": d["id"], "status": d["status"], "image": d.get("image", ""),
                 "spec_digest": d.get("spec_digest", ""),
                 "ports": [{"port": p["port"], "container_port": p["container_port"],
@@ -314,6 +319,11 @@ class JobSummary:
                    created_at=d.get("created_at"), started_at=d.get("started_at"),
                    ended_at=d.get("ended_at"), command=str(d.get("command") or ""))
 
+
+#: the fields of JobSummary.to_dict()
+_SUMMARY_FIELDS = frozenset(("id", "status", "image", "spec_digest", "ports", "resources",
+                             "exit_status", "error", "created_at", "started_at", "ended_at",
+                             "command"))
 
 #: characters of a job's command a heartbeat carries: enough to recognise it in a listing,
 #: without a 64 KB command line in every host's record

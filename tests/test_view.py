@@ -7,13 +7,16 @@ import os
 import random
 import time
 import unittest
+from unittest import mock
 
 import etcd
 import gevent
+import gevent.event
 import simplejson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from host.cluster import registered as registered_module
 from host.cluster import view as view_module
 from host.cluster.view import ClusterView, RegisteredHost
 from host.discovery import etcd as etcd_module
@@ -104,6 +107,28 @@ class RegisteredHostReadTest(unittest.TestCase):
         self.assertIsNone(host._text)  # let go once built
         self.assertEqual(host.job("j1"), JobSummary.from_dict(job(1)))
         self.assertIsNone(host.job("j9"))
+
+    def test_the_same_text_again_is_not_decoded_again(self):
+        value = simplejson.dumps(record("h", [job(0), job(1, "done")]))
+        before = RegisteredHost.read("h", 3, 10, value)
+        decoded = []
+        loads = registered_module.simplejson.loads
+        with mock.patch.object(registered_module.simplejson, "loads",
+                               lambda text: decoded.append(text) or loads(text)):
+            changed = []
+            again = RegisteredHost.read("h", 3, 12, value, before, changed)  # written again
+            self.assertEqual(decoded, [])
+            self.assertEqual((again.modified_index, again.jobs, again.active_ports,
+                              again.header, changed),
+                             (12, before.jobs, before.active_ports, before.header, []))
+            self.assertEqual(before.modified_index, 10)  # (a copy: the mirror's is unchanged)
+            # registered anew (another created index), or another text: decoded
+            RegisteredHost.read("h", 4, 13, value, before, [])
+            RegisteredHost.read("h", 3, 14, value.replace('"done"', '"running"'), before,
+                                changed)
+            self.assertEqual(len(decoded), 2)
+            self.assertEqual([j["id"] for j in changed], ["j1"])
+        self.assertEqual(again.record, before.record)
 
 
 class Stub:
@@ -259,16 +284,71 @@ class FoldTest(unittest.TestCase):
         view._parse = lambda registration, *args: \
             parsed.append((registration.host_id, registration.modified_index)) or \
             parse(registration, *args)
-        # the hosts are parsed last read first (h3, h2, ...): after h3, news of h0 (not parsed
-        # yet), then of h3 (parsed already), then of h1
+        # the hosts are parsed newest first: news of h0 before any parse (so h0 is the
+        # newest), then news of h0 again once it is parsed, then of h1 (not parsed yet)
         index = view._resync(Trickle([
             HostChange("put", registration("h0", 1, 101)),
-            HostChange("put", registration("h3", 4, 102)),
+            HostChange("put", Registration("h0", simplejson.dumps(record("h0", [job(7)])), 1,
+                                           102)),
             HostChange("remove", Registration("h1", None, None, 103))]))
         self.assertEqual(index, 103)
-        self.assertEqual(sorted(parsed), [("h0", 101), ("h2", 52), ("h3", 53), ("h3", 102)])
+        self.assertEqual(parsed, [("h0", 101), ("h0", 102), ("h3", 53), ("h2", 52)])
         self.assertEqual({h.id: h.modified_index for h in view.hosts.values()},
-                         {"h0": 101, "h2": 52, "h3": 102})
+                         {"h0": 102, "h2": 52, "h3": 53})
+        self.assertEqual([j.id for j in view.hosts["h0"].record.jobs], ["j7"])
+
+    def test_the_hosts_that_wrote_last_are_parsed_first(self):
+        # (a host writes again a heartbeat after its last write: those parsed first are the
+        # least likely to write again before the parse ends)
+        read = [registration(f"h{n}", n + 1, index) for n, index in enumerate((52, 50, 53, 51))]
+        view = ClusterView(Stub(read), "observer")
+        parsed, parse = [], view._parse
+        view._parse = lambda registration, *args: \
+            parsed.append(registration.modified_index) or parse(registration, *args)
+        view._resync(FakeFeed([HostChange("put", registration("h1", 2, 101))]))
+        self.assertEqual(parsed, [101, 53, 52, 51])
+
+    def test_what_comes_while_etcd_makes_its_answer_is_parsed_meanwhile(self):
+        answer = gevent.event.Event()
+
+        class Slow(Stub):  # etcd answers once its whole answer is made: seconds at 5,000
+            def read_hosts(self):
+                answer.wait(10)
+                return super().read_hosts()  # (at index 100)
+        view = ClusterView(Slow([registration(f"h{n}", n + 1, 50 + n) for n in range(3)]),
+                           "observer")
+        parsed, parse = [], view._parse
+        view._parse = lambda registration, *args: \
+            parsed.append((registration.host_id, registration.modified_index)) or \
+            parse(registration, *args)
+        feed = FakeFeed([])
+        resync = gevent.spawn(view._resync, feed)
+        h1 = [Registration("h1", simplejson.dumps(record("h1", [job(n)])), 2, 101 + n)
+              for n in range(2)]
+        feed.changes += [HostChange("put", registration("h0", 1, 101)),
+                         HostChange("put", h1[0]), HostChange("put", h1[1]),
+                         HostChange("put", registration("h2", 3, 45))]  # (older than read)
+        wait_until(lambda: len(parsed) == 3, timeout=5, what="the parses meanwhile")
+        self.assertFalse(resync.ready())  # still waiting for etcd's answer
+        # each host's newest record then, once: h1's first is not parsed
+        self.assertEqual(sorted(parsed), [("h0", 101), ("h1", 102), ("h2", 45)])
+        answer.set()
+        self.assertEqual(resync.get(timeout=5), 102)
+        # the answer's h2 is newer than the one parsed meanwhile: that one is parsed
+        self.assertEqual(parsed[3:], [("h2", 52)])
+        self.assertEqual({h.id: h.modified_index for h in view.hosts.values()},
+                         {"h0": 101, "h1": 102, "h2": 52})
+        self.assertEqual([j.id for j in view.hosts["h1"].record.jobs], ["j1"])
+
+    def test_a_read_that_fails_fails_the_resync(self):
+        class Failing(Stub):
+            def read_hosts(self):
+                raise etcd_module.EtcdUnavailable("etcd is down")
+        view = ClusterView(Failing(), "observer")
+        with self.assertRaises(etcd_module.EtcdUnavailable):
+            view._resync(FakeFeed([HostChange("put", registration("h0", 1, 101))]))
+        self.assertFalse(view.synced.is_set())
+        self.assertEqual(view.hosts, {})
 
     def test_a_second_read_tells_what_changed_without_building_records(self):
         def reg(host_id, jobs, modified):

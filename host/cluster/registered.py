@@ -46,39 +46,53 @@ class RegisteredHost:
              changed: Optional[list] = None) -> "RegisteredHost":
         """The host registration `value` describes. Raises TypeError, ValueError or KeyError
         where HostRecord.from_dict would. With `changed`, appends to it the summary (as a
-        dict) of every job whose status is not what it was in `before` (new ones included)."""
+        dict) of every job whose status is not what it was in `before` (new ones included).
+        The same text as `before`'s (a record written again unchanged, or read again after the
+        view lost its watch) is not decoded again."""
+        if before is not None and before._text == value and before.created_index == created_index:
+            return before._at(modified_index)
         d = simplejson.loads(value)
         if not isinstance(d, dict):
             raise ValueError("not a host record (not an object)")
         header = HostRecord.from_dict(dict(d, jobs=()))
         old = before.jobs if before is not None else {}
         jobs, ports = {}, set()
+        held, intern, normal = ports.add, sys.intern, JobSummary.normal_dict
         for job in d.get("jobs") or ():
             # what JobSummary.from_dict would refuse, checked inline: this runs for every job
-            # of every heartbeat
+            # of every heartbeat (hence the local names, and the port keys made right here)
             if type(job) is not dict:
                 raise TypeError(f"a job entry is not an object: {job!r:.60}")
             job_id, status = job["id"], job["status"]
             if type(job_id) is not str or type(status) is not str:  # (from_dict takes any)
                 raise TypeError(f"job {job_id!r}: its id and status are not both strings")
+            status = jobs[job_id] = intern(status)
             job_ports = job.get("ports")
             if job_ports:
+                active = status in ACTIVE_STATES
                 for port in job_ports:
                     if type(port) is not dict or port.keys() != _PORT_KEYS:
                         raise TypeError(f"job {job_id!r}: a port is not {sorted(_PORT_KEYS)}")
+                    if active:
+                        held(f"{port['port']}/{port['proto']}")  # (port_key, inline)
             resources = job.get("resources")
             if resources and (type(resources) is not dict or
                               not resources.keys() <= _RESOURCE_KEYS):
                 raise TypeError(f"job {job_id!r}: resources are not {sorted(_RESOURCE_KEYS)}")
-            status = jobs[job_id] = sys.intern(status)
-            if job_ports and status in ACTIVE_STATES:
-                ports.update(port_key(p["port"], p["proto"]) for p in job_ports)
             if changed is not None and old.get(job_id) != status:
-                changed.append(JobSummary.normal_dict(job))
+                changed.append(normal(job))
         host = cls.__new__(cls)
         host.id, host.created_index, host.modified_index = host_id, created_index, modified_index
         host.header, host.jobs, host.active_ports = header, jobs, frozenset(ports)
         host._text, host._record = value, None
+        return host
+
+    def _at(self, modified_index: int) -> "RegisteredHost":
+        """This host as written again, unchanged, at `modified_index`."""
+        host = RegisteredHost.__new__(RegisteredHost)
+        for name in self.__slots__:
+            setattr(host, name, getattr(self, name))
+        host.modified_index = modified_index
         return host
 
     @property

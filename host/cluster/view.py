@@ -22,7 +22,7 @@ import gc
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import gevent
 import gevent.event
@@ -135,32 +135,54 @@ class ClusterView:
         as the read). Each host's newest text is parsed once. What comes during the parse is
         looked at every `fold_every` hosts and whenever every text is parsed (a host not parsed
         yet is then parsed for its newest record only, one parsed already again), until nothing
-        more is queued. Other greenlets run meanwhile (read_hosts decodes as it goes); the view
-        changes at once, at the end."""
+        more is queued. The hosts that wrote last are parsed first: a host writes again a
+        heartbeat's period after its last write, so those parsed first are those least likely
+        to write again before the parse ends, and those likely to are still unparsed when they
+        do (taken in etcd's order, a fifth of the hosts were parsed twice at 5,000). And while
+        etcd makes its answer (it answers once the whole of it is made: seconds at 5,000
+        hosts), the records the feed brings are parsed, each host's newest (_ResyncParses).
+        Other greenlets run meanwhile (read_hosts decodes as it goes); the view changes at
+        once, at the end."""
         started = time.monotonic()
-        index, registrations = self.discovery.read_hosts()
         fresh = {}
         # not the first read: each host's jobs whose status changed since the mirror before,
         # for the events that tell what changed meanwhile
         changed: Optional[dict] = {} if self.synced.is_set() else None
+        parses = _ResyncParses(self, relisting=changed is not None)
         with _collections_paused():
+            reading = gevent.spawn(_outcome, self.discovery.read_hosts)
             try:
-                # each host's changes, oldest first: what was read, then what was queued
-                texts = {r.host_id: [HostChange("put", r)] for r in registrations}
+                if feed is not None:  # (the view would only queue what it brings)
+                    parses.parse_until(reading, feed)
+                index, registrations = _result(reading.get())
+                answered_s = time.monotonic() - started  # (etcd makes its whole answer first)
+                # each host's changes, oldest first: what was read, then what was queued; the
+                # hosts in the order they last wrote, which the parse takes from the end
+                texts = {r.host_id: [HostChange("put", r)]
+                         for r in sorted(registrations, key=_modified_index)}
                 read_index, read_s = index, time.monotonic() - started
+                if parses.meanwhile:
+                    log.debug("cluster view: %d changes came while etcd made its answer, "
+                              "indexes %d to %d (the read's: %d)", len(parses.meanwhile),
+                              parses.meanwhile[0].registration.modified_index,
+                              parses.meanwhile[-1].registration.modified_index, read_index)
                 if feed is not None:
-                    index = self._fold_texts(texts, feed, index)
-                parsed = 0
+                    index = self._fold_texts(texts, parses.meanwhile, index)
+                    index = self._fold_texts(texts, feed.queued(), index)
+                folded = 0
                 while texts:  # (popped as parsed: each text is let go once it is parsed)
                     host_id, candidates = texts.popitem()
-                    self._fold_host(fresh, host_id, candidates, changed)
-                    parsed += 1
-                    if feed is not None and (parsed % self.fold_every == 0 or not texts):
-                        index = self._fold_texts(texts, feed, index)  # what came meanwhile
+                    self._fold_host(fresh, host_id, candidates, parses, changed)
+                    folded += 1
+                    if feed is not None and (folded % self.fold_every == 0 or not texts):
+                        index = self._fold_texts(texts, feed.queued(), index)  # meanwhile
                     gevent.sleep(0)  # the feed goes on reading etcd meanwhile
             except BaseException:
+                reading.kill()
                 fresh.clear()  # freed now, not walked by the first collection once resumed
                 raise
+            finally:
+                parses.clear()
         _fit_collections(sum(len(host.jobs) for host in fresh.values()))
         previous, self.hosts = self.hosts, fresh
         # history before this read is unknown here: clients with older cursors re-list
@@ -174,28 +196,31 @@ class ClusterView:
         self._elect(index)
         self.synced.set()
         self._notify()
-        log.info("cluster view: read %d hosts in %.2f s (the read %.2f s; %d records parsed, "
+        log.info("cluster view: read %d hosts in %.2f s (the read %.2f s, etcd's answer began "
+                 "after %.2f s; %d records parsed, %d while etcd made it, %d of those used; "
                  "caught up %d etcd indexes past it)", len(fresh), time.monotonic() - started,
-                 read_s, parsed, index - read_index)
+                 read_s, answered_s, parses.parsed, parses.early, parses.used,
+                 index - read_index)
         return index
 
     @staticmethod
-    def _fold_texts(texts: dict, feed: "_Feed", index: int) -> int:
-        """Add to `texts` ({host id: [HostChange], oldest first}) the changes `feed` has queued
-        above `index`, unparsed (what came before a removal is let go); the index of the
-        last."""
-        for change in feed.queued():
+    def _fold_texts(texts: dict, changes: Iterable[HostChange], index: int) -> int:
+        """Add to `texts` ({host id: [HostChange], oldest first}) the `changes` (from the feed,
+        in order) above `index`, unparsed (what came before a removal is let go); the index of
+        the last."""
+        for change in changes:
             registration = change.registration
             if registration.modified_index <= index:
                 continue  # in what was read
             index = registration.modified_index
-            if change.action == "remove":
-                texts[registration.host_id] = [change]
-            else:
-                texts.setdefault(registration.host_id, []).append(change)
+            # (to the end, as the newest: see _resync on the order)
+            earlier = texts.pop(registration.host_id, [])
+            texts[registration.host_id] = [change] if change.action == "remove" else \
+                earlier + [change]
         return index
 
-    def _fold_host(self, hosts: dict, host_id: str, changes: list,
+    @staticmethod
+    def _fold_host(hosts: dict, host_id: str, changes: list, parses: "_ResyncParses",
                    changed: Optional[dict] = None):
         """Where _apply would leave the host after `changes`, its in order: the last removal
         or readable record (an unreadable one is ignored, as _apply ignores it). With
@@ -207,8 +232,7 @@ class ClusterView:
                 if changed is not None:
                     changed.pop(host_id, None)
                 return
-            jobs = [] if changed is not None else None
-            host = self._parse(change.registration, self.hosts.get(host_id), jobs)
+            host, jobs = parses.parse(change.registration)
             if host is not None:
                 hosts[host_id] = host
                 if changed is not None:
@@ -330,6 +354,61 @@ class ClusterView:
         changed.set()
 
 
+class _ResyncParses:
+    """A resync's parses of records, each kept by the modified index of the change it was made
+    of. Those made while etcd makes its answer to the read (seconds at 5,000 hosts, during
+    which the view would only queue what the feed brings) are of each host's newest change
+    then: used if that change is still the host's newest once the read and the feed are
+    folded together (the answer, or a later change, may hold a newer record)."""
+    #: seconds the read's answer is waited for between two looks at the feed, when all it
+    #: brought is parsed
+    look_every_s = 0.05
+
+    def __init__(self, view: ClusterView, relisting: bool):
+        """`relisting`: not the view's first read (each parse tells the jobs whose status is not
+        as in the mirror now)."""
+        self._view, self._relisting = view, relisting
+        self.meanwhile: list = []  # the changes the feed queued meanwhile, in order, to fold
+        self._early: dict = {}     # host id -> (modified index, (host or None, changed jobs))
+        self.parsed = self.early = self.used = 0
+
+    def parse_until(self, reading: gevent.Greenlet, feed: "_Feed"):
+        """Parse what `feed` brings until `reading` (the read) has etcd's answer."""
+        pending: dict = {}  # host id -> its newest change, not parsed yet (the newest last)
+        while not reading.ready():
+            for change in feed.queued():
+                self.meanwhile.append(change)
+                pending.pop(change.registration.host_id, None)
+                pending[change.registration.host_id] = change
+            if not pending:
+                reading.join(self.look_every_s)  # (back at once when the answer comes)
+                continue
+            host_id, change = pending.popitem()
+            if change.action != "remove":
+                registration = change.registration
+                self._early[host_id] = (registration.modified_index, self._parse(registration))
+                self.early += 1
+            gevent.sleep(0)  # the feed, and the read, go on meanwhile
+
+    def parse(self, registration: Registration) -> tuple:
+        """(the host it describes or None, the jobs whose status changed or None)."""
+        early = self._early.get(registration.host_id)
+        if early is not None and early[0] == registration.modified_index:
+            self.used += 1
+            return early[1]
+        return self._parse(registration)
+
+    def _parse(self, registration: Registration) -> tuple:
+        self.parsed += 1
+        jobs = [] if self._relisting else None
+        before = self._view.hosts.get(registration.host_id)
+        return self._view._parse(registration, before, jobs), jobs
+
+    def clear(self):
+        self._early.clear()
+        self.meanwhile.clear()
+
+
 class _Feed:
     """The registrations' changes after an etcd index, fetched by a greenlet of its own as
     fast as etcd gives them, and queued for the view to apply. etcd failing is retried here,
@@ -437,6 +516,26 @@ class _Crawl:
         elif distance > self._first + self.slack:
             raise IndexCleared(f"the watch is {distance} changes behind etcd and losing ground "
                                f"(one change a request from etcd's history)")
+
+
+def _outcome(call) -> tuple:
+    """(what call() returns, None) or (None, what it raised): for a greenlet whose failure its
+    caller raises (gevent would also print it, as a greenlet's uncaught error)."""
+    try:
+        return call(), None
+    except Exception as e:
+        return None, e
+
+
+def _result(outcome: tuple):
+    value, error = outcome
+    if error is not None:
+        raise error
+    return value
+
+
+def _modified_index(registration: Registration) -> int:
+    return registration.modified_index
 
 
 @contextlib.contextmanager
