@@ -161,12 +161,12 @@ class ClusterView:
                 texts = {r.host_id: [HostChange("put", r)]
                          for r in sorted(registrations, key=_modified_index)}
                 read_index, read_s = index, time.monotonic() - started
-                if parses.meanwhile:
-                    log.debug("cluster view: %d changes came while etcd made its answer, "
-                              "indexes %d to %d (the read's: %d)", len(parses.meanwhile),
-                              parses.meanwhile[0].registration.modified_index,
-                              parses.meanwhile[-1].registration.modified_index, read_index)
                 if feed is not None:
+                    if parses.meanwhile:
+                        log.debug("cluster view: %d changes came while etcd made its answer, "
+                                  "indexes %d to %d (the read's: %d)", len(parses.meanwhile),
+                                  parses.meanwhile[0].registration.modified_index,
+                                  parses.meanwhile[-1].registration.modified_index, read_index)
                     index = self._fold_texts(texts, parses.meanwhile, index)
                     index = self._fold_texts(texts, feed.queued(), index)
                 folded = 0
@@ -199,7 +199,7 @@ class ClusterView:
         log.info("cluster view: read %d hosts in %.2f s (the read %.2f s, etcd's answer began "
                  "after %.2f s; %d records parsed, %d while etcd made it, %d of those used; "
                  "caught up %d etcd indexes past it)", len(fresh), time.monotonic() - started,
-                 read_s, answered_s, parses.parsed, parses.early, parses.used,
+                 read_s, answered_s, parses.parsed, parses.parsed_early, parses.used,
                  index - read_index)
         return index
 
@@ -370,7 +370,7 @@ class _ResyncParses:
         self._view, self._relisting = view, relisting
         self.meanwhile: list = []  # the changes the feed queued meanwhile, in order, to fold
         self._early: dict = {}     # host id -> (modified index, (host or None, changed jobs))
-        self.parsed = self.early = self.used = 0
+        self.parsed = self.parsed_early = self.used = 0  # (counts, for the resync's log)
 
     def parse_until(self, reading: gevent.Greenlet, feed: "_Feed"):
         """Parse what `feed` brings until `reading` (the read) has etcd's answer."""
@@ -387,7 +387,7 @@ class _ResyncParses:
             if change.action != "remove":
                 registration = change.registration
                 self._early[host_id] = (registration.modified_index, self._parse(registration))
-                self.early += 1
+                self.parsed_early += 1
             gevent.sleep(0)  # the feed, and the read, go on meanwhile
 
     def parse(self, registration: Registration) -> tuple:
@@ -436,9 +436,6 @@ class _Feed:
             raise EtcdUnavailable(f"etcd did not take the watch within {timeout_s:.0f} s") \
                 from None
 
-    def _opened(self, index: int):
-        if not self._start.ready():
-            self._start.set(index)
 
     def _fetch(self, discovery: EtcdDiscovery, index: Optional[int], timeout_s: float):
         backoff = Backoff("cluster view", log, max_s=self.retry_max_s)
@@ -465,7 +462,8 @@ class _Feed:
 
     def _opened_at(self, index: int):
         self._etcd_index = index  # etcd's index when it took the latest request
-        self._opened(index)
+        if not self._start.ready():
+            self._start.set(index)
 
     def next(self) -> HostChange:
         return self._unpack(self._queue.get())
