@@ -159,8 +159,8 @@ class StubView:
         self.hosts = {host_id: RegisteredHost(host_id, registration.created_index,
                                               registration.modified_index, record)}
 
-    def find_job(self, job_id: str):
-        return None
+    def find_jobs(self, job_ids) -> dict:
+        return {}
 
 
 class FencingTest(unittest.TestCase):

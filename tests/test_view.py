@@ -85,6 +85,10 @@ class RegisteredHostReadTest(unittest.TestCase):
         self.assertEqual(host.header, dataclasses.replace(expected, jobs=()))
         self.assertEqual(host.active_ports, {f"{p.port}/{p.proto}" for j in expected.jobs
                                              if j.is_active for p in j.ports})
+        self.assertEqual(host.active_jobs, sum(1 for j in expected.jobs if j.is_active))
+        built = RegisteredHost("h", 1, 2, expected)  # (from a record parsed: the same)
+        self.assertEqual((built.jobs, built.active_jobs, built.active_ports),
+                         (host.jobs, host.active_jobs, host.active_ports))
         self.assertEqual(changed, [j.to_dict() for j in expected.jobs
                                    if before.jobs.get(j.id) != j.status])
 
@@ -129,6 +133,19 @@ class RegisteredHostReadTest(unittest.TestCase):
             self.assertEqual(len(decoded), 2)
             self.assertEqual([j["id"] for j in changed], ["j1"])
         self.assertEqual(again.record, before.record)
+
+
+class FindJobsTest(unittest.TestCase):
+    def test_the_jobs_asked_for_that_a_host_reports_from_the_first_that_does(self):
+        view = ClusterView(None, "observer")
+        for host_id, jobs in (("h1", [job(1), job(2, "done")]), ("h2", [job(2), job(3)])):
+            view.hosts[host_id] = RegisteredHost.read(host_id, 1, 1,
+                                                      simplejson.dumps(record(host_id, jobs)))
+        found = view.find_jobs(["j2", "j3", "j9"])
+        self.assertEqual({job_id: host_id for job_id, (host_id, _) in found.items()},
+                         {"j2": "h1", "j3": "h2"})
+        self.assertEqual(found["j2"][1], JobSummary.from_dict(job(2, "done")))
+        self.assertEqual(view.find_jobs([]), {})
 
 
 class Stub:
@@ -422,6 +439,43 @@ class FailedReadTest(unittest.TestCase):
         # not held in a cycle with the exception (a full collection would have to find them:
         # 20,000 job summaries here, millions at thousands of hosts)
         self.assertLess(gc.collect(), 1000)
+
+
+class Endless:
+    """A watch that brings changes of 1,000 bytes each as fast as they are taken."""
+
+    def __init__(self):
+        self.brought = 0
+
+    def follow_hosts(self, after_index, timeout_s, opened=None):
+        opened(1)
+        while True:
+            self.brought += 1
+            yield HostChange("put", Registration("h1", "x" * 1000, 1, self.brought + 1))
+
+
+class FeedBoundTest(unittest.TestCase):
+    def test_a_feed_ahead_of_the_view_waits_once_its_records_fill_the_bytes_allowed(self):
+        endless = Endless()
+        with mock.patch.object(view_module._Feed, "capacity_bytes", 10_000):
+            feed = view_module._Feed(endless, None, 1)
+            try:
+                feed.started(1)
+                for _ in range(50):  # (the feed greenlet's turns: it would fill at once)
+                    gevent.sleep(0)
+                self.assertEqual(feed.queued_bytes, 10_000)
+                # the change that did not fit is made and waits: ten queued, not the 10,000
+                # the count alone allows
+                self.assertEqual(endless.brought, 11)
+                taken = [feed.next().registration.modified_index for _ in range(3)]
+                self.assertEqual(taken, [2, 3, 4])  # the first, in order
+                for _ in range(50):
+                    gevent.sleep(0)
+                self.assertEqual((endless.brought, feed.queued_bytes), (14, 10_000))
+                rest = [c.registration.modified_index for c in feed.queued()]
+                self.assertEqual(rest[:10], list(range(5, 15)))  # nothing lost or reordered
+            finally:
+                feed.stop()
 
 
 class FakeFeed:

@@ -25,8 +25,8 @@ _RESOURCE_KEYS = frozenset(("memory_mb", "cpu_shares"))
 
 
 class RegisteredHost:
-    __slots__ = ("id", "created_index", "modified_index", "header", "jobs", "active_ports",
-                 "_text", "_record")
+    __slots__ = ("id", "created_index", "modified_index", "header", "jobs", "active_jobs",
+                 "active_ports", "_text", "_record")
 
     def __init__(self, id: str, created_index: int, modified_index: int, record: HostRecord):
         """A host from a record already parsed (see read() for one from etcd)."""
@@ -35,6 +35,8 @@ class RegisteredHost:
         self.header = dataclasses.replace(record, jobs=())
         #: {job id: status}, in the record's order
         self.jobs = {job.id: job.status for job in record.jobs}
+        #: how many of them are active (the scheduler's spread weighs it on every placement)
+        self.active_jobs = sum(1 for job in record.jobs if job.is_active)
         #: {"port/proto"} the host's active jobs hold (port_key)
         self.active_ports = frozenset(port_key(p.port, p.proto) for job in record.jobs
                                       if job.is_active for p in job.ports)
@@ -56,7 +58,7 @@ class RegisteredHost:
             raise ValueError("not a host record (not an object)")
         header = HostRecord.from_dict(dict(d, jobs=()))
         old = before.jobs if before is not None else {}
-        jobs, ports = {}, set()
+        jobs, ports, active_jobs = {}, set(), 0
         held, intern, normal = ports.add, sys.intern, JobSummary.normal_dict
         for job in d.get("jobs") or ():
             # what JobSummary.from_dict would refuse, checked inline: this runs for every job
@@ -67,9 +69,10 @@ class RegisteredHost:
             if type(job_id) is not str or type(status) is not str:  # (from_dict takes any)
                 raise TypeError(f"job {job_id!r}: its id and status are not both strings")
             status = jobs[job_id] = intern(status)
+            active = status in ACTIVE_STATES
+            active_jobs += active
             job_ports = job.get("ports")
             if job_ports:
-                active = status in ACTIVE_STATES
                 for port in job_ports:
                     if type(port) is not dict or port.keys() != _PORT_KEYS:
                         raise TypeError(f"job {job_id!r}: a port is not {sorted(_PORT_KEYS)}")
@@ -84,6 +87,7 @@ class RegisteredHost:
         host = cls.__new__(cls)
         host.id, host.created_index, host.modified_index = host_id, created_index, modified_index
         host.header, host.jobs, host.active_ports = header, jobs, frozenset(ports)
+        host.active_jobs = active_jobs
         host._text, host._record = value, None
         return host
 
