@@ -17,13 +17,9 @@ of this one, for a before-and-after on the same machine, run one after the other
 import gc
 import json
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.environ.get("BENCH_CODE") or os.path.dirname(HERE))
-sys.path.insert(1, HERE)
-
+import measured_code  # (first: which host package is measured)
 import simplejson  # noqa: E402
 
 from host.cluster.view import ClusterView  # noqa: E402
@@ -77,14 +73,9 @@ def main():
                 per_heartbeat[side].append((time.process_time() - started) / HOSTS)
     finally:
         gc.enable()
-    code = os.environ.get("BENCH_CODE") or "this tree"
-    print(f"mirror_apply: {HOSTS} hosts x {JOBS_PER_HOST} jobs, {ROUNDS} rounds, code: {code}")
-    summary = {}
-    for side, costs in per_heartbeat.items():
-        costs.sort()
-        summary[side] = costs[len(costs) // 2]
-        print(f"  {side:5s} best {costs[0] * 1e3:.3f} ms, median {summary[side] * 1e3:.3f} ms "
-              "a heartbeat")
+    print(f"mirror_apply: {HOSTS} hosts x {JOBS_PER_HOST} jobs, {ROUNDS} rounds, "
+          f"code: {measured_code.code_name()}")
+    summary = measured_code.print_medians(per_heartbeat, "heartbeat", digits=3)
     print(f"  the view / bare decoding (medians): {summary['view'] / summary['bare']:.2f}x")
 
 

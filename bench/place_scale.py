@@ -14,13 +14,9 @@ of this one, for a before-and-after on the same machine, run one after the other
 """
 import gc
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.environ.get("BENCH_CODE") or os.path.dirname(HERE))
-sys.path.insert(1, HERE)
-
+import measured_code  # (first: which host package is measured)
 import simplejson  # noqa: E402
 
 from host.cluster.registered import RegisteredHost  # noqa: E402
@@ -92,15 +88,9 @@ def main():
                 raise AssertionError(f"placed {len(placements)} of {JOBS} jobs")
     finally:
         gc.enable()
-    code = os.environ.get("BENCH_CODE") or "this tree"
     print(f"place_scale: {JOBS} jobs a request on {HOSTS} hosts x {JOBS_PER_HOST} jobs, "
-          f"{ROUNDS} rounds, code: {code}")
-    medians = {}
-    for side, seconds in costs.items():
-        seconds.sort()
-        medians[side] = seconds[len(seconds) // 2]
-        print(f"  {side:9s} best {seconds[0] * 1e3:.1f} ms, median {medians[side] * 1e3:.1f} ms "
-              "a request")
+          f"{ROUNDS} rounds, code: {measured_code.code_name()}")
+    medians = measured_code.print_medians(costs, "request")
     print(f"  the scheduler / bare placement (medians): "
           f"{medians['scheduler'] / medians['bare']:.2f}x")
 
