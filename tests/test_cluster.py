@@ -336,6 +336,18 @@ class AddJobsTest(ClusterTestCase):
             {"port": port}]), id="port-b")]})
         self.assertEqual((clash.status_code, clash.json()["code"]), (409, "conflict"))
         self.assertIn(f"port {port}/tcp", clash.json()["message"])
+        # the jobs of one request that take that port go to the two other hosts, one each;
+        # then no host is left for it
+        spread = self.post_jobs(second, {"jobs": [dict(job_body(["sleep", "60"], ports=[
+            {"port": port}]), id=f"port-{n}") for n in range(2)]})
+        self.assertEqual(spread.status_code, 200, spread.text)
+        self.assertEqual(sorted(p["host_id"] for p in spread.json()["jobs"]),
+                         sorted(a.host_id for a in (second, third)))
+        none_left = self.post_jobs(third, {"jobs": [dict(job_body(["true"], ports=[
+            {"port": port}]), id="port-c")]})
+        self.assertEqual((none_left.status_code, none_left.json()["code"]),
+                         (422, "no_capacity"), none_left.text)
+        self.assertEqual(none_left.json()["message"].count(f"port {port}/tcp is taken"), 3)
 
     def test_same_request_twice_is_idempotent_and_a_reused_id_conflicts(self):
         first, second, _ = self.start_three_small()
