@@ -189,17 +189,17 @@ class LeastLoaded:
     def place(self, job: Job) -> str:
         """The id of the least loaded host that can take `job` (the caller takes it there);
         NoCapacity naming why, if none can."""
-        passed = []  # weighed now, and the job does not fit there
+        passed = []  # weighed now: back into the heap once this job is placed (or is not)
         try:
             while self._heap:
                 load = heapq.heappop(self._heap)
                 capacity = self._capacity[load[-1]]
                 if capacity.load != load:
                     heapq.heappush(self._heap, capacity.load)
-                elif capacity.shortfall(job):
-                    passed.append(load)
-                else:
-                    passed.append(load)  # (back as it is: older once the job is taken)
+                    continue
+                passed.append(load)  # (back after it; the host chosen too, its entry older
+                #                       once the job is taken there)
+                if not capacity.shortfall(job):
                     return capacity.host.id
         finally:
             for load in passed:
@@ -209,10 +209,11 @@ class LeastLoaded:
     def _reasons(self, job: Job) -> str:
         if not self._capacity:
             return "no hosts"
-        reasons = [f"{c.host.id}: {c.shortfall(job)}"
-                   for c in sorted(self._capacity.values(), key=lambda c: c.host.id)]
-        more = len(reasons) - self.reasons_shown
-        return "; ".join(reasons[:self.reasons_shown]) + \
+        # (none fits: only the hosts named are asked why, not all 5,000)
+        shown = heapq.nsmallest(self.reasons_shown, self._capacity.values(),
+                                key=lambda c: c.host.id)
+        more = len(self._capacity) - len(shown)
+        return "; ".join(f"{c.host.id}: {c.shortfall(job)}" for c in shown) + \
             (f"; and {more} more hosts" if more > 0 else "")
 
 

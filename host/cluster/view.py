@@ -447,7 +447,6 @@ class _Feed:
             raise EtcdUnavailable(f"etcd did not take the watch within {timeout_s:.0f} s") \
                 from None
 
-
     def _fetch(self, discovery: EtcdDiscovery, index: Optional[int], timeout_s: float):
         backoff = Backoff("cluster view", log, max_s=self.retry_max_s)
         crawl = _Crawl()
